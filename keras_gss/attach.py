@@ -1,0 +1,126 @@
+"""Put guided-structured-sparsity regularizers on an existing, built model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import keras
+
+from keras_gss import groups
+from keras_gss.regularizers import GuidedStructuredSparsity
+
+
+def _resolve_layers(model: keras.Model, layers, skip_output: bool) -> list[keras.layers.Layer]:
+    prunable = groups.prunable_layers(model)
+    if layers is None:
+        chosen = prunable
+        if skip_output:
+            outputs = {id(layer) for layer in groups.output_layers(model)}
+            chosen = [layer for layer in prunable if id(layer) not in outputs]
+    else:
+        if isinstance(layers, (str, keras.layers.Layer)):
+            layers = [layers]
+        by_name = {layer.name: layer for layer in groups.iter_layers(model)}
+        chosen = []
+        for item in layers:
+            layer = by_name.get(item) if isinstance(item, str) else item
+            if layer is None or not any(layer is known for known in by_name.values()):
+                raise ValueError(
+                    f"Invalid value in argument `layers`: {item!r} is not a layer of model "
+                    f"'{model.name}'. Its layers are: {sorted(by_name)}."
+                )
+            if groups.get_spec(layer) is None:
+                raise ValueError(
+                    f"Layer '{layer.name}' ({type(layer).__name__}) has no groups to "
+                    "regularize. Supported: Dense, Conv*, Conv*Transpose, SeparableConv*, "
+                    "DepthwiseConv*; add your own with `keras_gss.register_layer`."
+                )
+            chosen.append(layer)
+    if not chosen:
+        raise ValueError(
+            f"Model '{model.name}' has no prunable layer to attach to (the output layer "
+            "is skipped unless `skip_output=False`). Supported: Dense, Conv*, "
+            "Conv*Transpose, SeparableConv*, DepthwiseConv*, or types added with "
+            "`keras_gss.register_layer`."
+        )
+    return chosen
+
+
+def _for_layer(regularizer, spec: groups.GroupSpec):
+    """A copy of `regularizer` grouped along this layer type's output axis."""
+    if not hasattr(regularizer, "group_axis"):
+        return regularizer
+    config = regularizer.get_config()
+    config["group_axis"] = groups.axis_to_config(spec.axis)
+    return type(regularizer).from_config(config)
+
+
+def reset_traced_functions(model: keras.Model) -> None:
+    """Make the next fit/evaluate/predict retrace, so new losses and constraints count."""
+    for name in ("train_function", "test_function", "predict_function"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
+
+
+def attach(
+    model: keras.Model,
+    regularizer: keras.regularizers.Regularizer | None = None,
+    activity_regularizer: keras.regularizers.Regularizer | None = None,
+    layers: Iterable[str | keras.layers.Layer] | None = None,
+    skip_output: bool = True,
+) -> keras.Model:
+    """Attach regularizers to the prunable layers of a built model, in place.
+
+    Each chosen layer gets its own copy of `regularizer`, grouped along that layer
+    type's output axis, on the grouped weight (what `fit` minimises) and in the
+    layer config (what `model.save` writes). A model that was already compiled or
+    trained retraces on its next `fit`, so the new terms count at once.
+
+    Args:
+        model: a built Keras model (Sequential, functional or subclassed).
+        regularizer: kernel regularizer (default `GuidedStructuredSparsity()`).
+        activity_regularizer: optional activity regularizer, e.g.
+            `ActivityAttention()` (default None: activity regularizers untouched).
+        layers: names or layer objects to regularize (default: every prunable layer).
+        skip_output: leave the model's output layer alone when `layers` is None
+            (default True).
+
+    Returns:
+        The same model.
+
+    Example:
+
+    >>> import keras, keras_gss as gss
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
+    ...                           keras.layers.Dense(2)])
+    >>> len(gss.attach(model).losses)
+    1
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Invalid value for argument `model`. Expected a keras.Model. Received: {model!r}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built: call it on data or call "
+            "`model.build(input_shape)` before `attach`."
+        )
+    if regularizer is None:
+        regularizer = GuidedStructuredSparsity()
+    given = {"regularizer": regularizer, "activity_regularizer": activity_regularizer}
+    for name, value in given.items():
+        if value is not None and not isinstance(value, keras.regularizers.Regularizer):
+            raise TypeError(
+                f"Invalid value for argument `{name}`. Expected a "
+                f"keras.regularizers.Regularizer instance. Received: {name}={value!r}"
+            )
+    for layer in _resolve_layers(model, layers, skip_output):
+        spec = groups.get_spec(layer)
+        weight = groups.layer_weight(layer, spec)
+        layer_regularizer = _for_layer(regularizer, spec)
+        weight.regularizer = layer_regularizer
+        setattr(layer, spec.regularizer_attr, layer_regularizer)
+        if activity_regularizer is not None:
+            layer.activity_regularizer = activity_regularizer
+    reset_traced_functions(model)
+    return model

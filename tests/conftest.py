@@ -1,0 +1,40 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def toy_data():
+    """A small classification task whose label depends on 4 of 24 inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(768, 24)).astype("float32")
+    y = (x[:, 0] + x[:, 1] - x[:, 2] * x[:, 3] > 0).astype("int32")
+    return x, y
+
+
+def mlp(hidden=(48, 32), inputs=24, outputs=2, name=None):
+    layers = [keras.Input((inputs,))]
+    layers += [keras.layers.Dense(h, activation="relu") for h in hidden]
+    layers.append(keras.layers.Dense(outputs))
+    return keras.Sequential(layers, name=name)
+
+
+def compile_classifier(model, lr=1e-2):
+    model.compile(
+        keras.optimizers.Adam(lr),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
