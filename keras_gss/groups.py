@@ -160,9 +160,12 @@ def group_squared_norms(x, axis: Axis = -1, what: str = "group norm"):
 
 
 def safe_norm(squared):
-    """`sqrt(squared)` with a finite (zero) gradient where `squared` is 0."""
+    """`sqrt(squared)` with a finite (zero) gradient where `squared` is 0.
+
+    NaN stays NaN, so that garbage weights are never mistaken for a zero group.
+    """
     positive = squared > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, squared, 1.0)), 0.0)
+    return ops.where(positive, ops.sqrt(ops.where(positive, squared, 1.0)), squared)
 
 
 def group_norms(x, axis: Axis = -1, what: str = "group norm"):

@@ -102,3 +102,10 @@ def test_output_layers_of_two_headed_model():
     h = L.Dense(8, name="trunk")(inputs)
     model = keras.Model(inputs, [L.Dense(2, name="a")(h), L.Dense(3, name="b")(h)])
     assert sorted(layer.name for layer in groups.output_layers(model)) == ["a", "b"]
+
+
+def test_nan_group_norm_stays_nan():
+    w = np.ones((3, 2), "float32")
+    w[0, 1] = np.nan
+    norms = np.asarray(groups.group_norms(w))
+    assert norms[0] == pytest.approx(np.sqrt(3)) and np.isnan(norms[1])

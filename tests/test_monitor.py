@@ -1,0 +1,162 @@
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+import keras_gss as gss
+from keras_gss.monitor import cubic_ramp
+from tests.conftest import compile_classifier, mlp
+
+
+def dead_groups(layer):
+    return np.flatnonzero(np.linalg.norm(layer.kernel.numpy(), axis=0) == 0)
+
+
+def test_cubic_ramp_formula():
+    assert cubic_ramp(0.9, 0, 2, 10) == 0.0
+    assert cubic_ramp(0.9, 9, 2, 10) == pytest.approx(0.9)
+    p = 3 / 8
+    assert cubic_ramp(0.9, 4, 2, 10) == pytest.approx(0.9 * (1 - (1 - p) ** 3))
+    assert cubic_ramp(0.5, 20, 0, 10) == pytest.approx(0.5)
+
+
+def test_target_sparsity_rises_is_reached_and_stays_exactly_zero(toy_data, tmp_path):
+    x, y = toy_data
+    model = compile_classifier(gss.attach(mlp(), gss.GroupLasso(1e-3)))
+    monitor = gss.SparsityMonitor(target_sparsity=0.7, verbose=0)
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen[epoch] = {layer.name: dead_groups(layer) for layer in self.model.layers[:2]}
+            for layer in self.model.layers[:2]:
+                bias = layer.bias.numpy()
+                assert np.all(bias[dead_groups(layer)] == 0)  # dead units lose their bias too
+
+    log = tmp_path / "log.csv"
+    history = model.fit(
+        x,
+        y,
+        epochs=5,
+        batch_size=64,
+        verbose=0,
+        callbacks=[monitor, Spy(), keras.callbacks.CSVLogger(str(log))],
+    )
+    sparsity = history.history["gss_sparsity"]
+    assert all(b >= a for a, b in zip(sparsity, sparsity[1:])) and sparsity[0] > 0
+    assert abs(sparsity[-1] - 0.7) <= 0.02
+    assert history.history["gss_group_sparsity"][-1] > 0.3
+    assert "gss/dense/zeroed_groups" in history.history
+    assert history.history["gss/dense_2/zeroed_groups"][-1] == 0  # output units never pruned
+    for epoch in range(1, 5):  # once dead, a group stays exactly zero
+        for name, dead in seen[epoch - 1].items():
+            assert set(dead) <= set(seen[epoch][name])
+    with open(log) as f:
+        assert "gss_sparsity" in next(csv.reader(f))
+    assert [r["epoch"] for r in monitor.history] == list(range(5))
+    assert monitor.history[-1]["layers"]["dense"]["groups"] == 48
+    assert all(len(dead_groups(layer)) < layer.units for layer in model.layers)
+
+
+class Shrink(keras.callbacks.Callback):
+    """At the end of the first epoch, scale some groups of one layer under 1e-3."""
+
+    def __init__(self, layer_index, group_ids):
+        super().__init__()
+        self.layer_index, self.group_ids = layer_index, group_ids
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            layer = self.model.layers[self.layer_index]
+            kernel = layer.kernel.numpy()
+            kernel[:, self.group_ids] *= 1e-6
+            layer.kernel.assign(kernel)
+
+
+def test_threshold_pruning_zeroes_and_freezes(toy_data):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    monitor = gss.SparsityMonitor(threshold=1e-3, verbose=0)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[Shrink(0, list(range(10))), monitor])
+    assert list(dead_groups(model.layers[0])) == list(range(10))
+    assert monitor.history[0]["layers"]["dense"]["zero_groups"] == 10
+    assert isinstance(model.layers[0].kernel.constraint, gss.GroupMask)
+
+
+def test_without_freeze_pruned_groups_regrow(toy_data):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    monitor = gss.SparsityMonitor(freeze=False, verbose=0)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[Shrink(0, list(range(6))), monitor])
+    # zeroed at the end of epoch 1, then Adam's moments revive them in epoch 2
+    assert monitor.history[0]["layers"]["dense"]["zero_weights"] == 6 * 24
+    assert len(dead_groups(model.layers[0])) < 6
+
+
+def test_prune_false_only_measures(toy_data):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    monitor = gss.SparsityMonitor(prune=False, verbose=0)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[Shrink(0, [0, 1]), monitor])
+    assert monitor.history[0]["layers"]["dense"]["zero_groups"] == 2
+    assert len(dead_groups(model.layers[0])) == 0
+    assert model.layers[0].kernel.constraint is None
+
+
+def test_refit_freezes_existing_zero_groups(toy_data):
+    """Resuming (a new fit on a model with zeroed groups) keeps them at zero."""
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    kernel = model.layers[1].kernel.numpy()
+    kernel[:, 3:9] = 0.0
+    model.layers[1].kernel.assign(kernel)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[gss.SparsityMonitor(verbose=0)])
+    assert set(range(3, 9)) <= set(dead_groups(model.layers[1]))
+
+
+def test_verbose_prints_table(toy_data, capsys):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[gss.SparsityMonitor(target_sparsity=0.3)])
+    out = capsys.readouterr().out
+    assert "SparsityMonitor, epoch 1" in out and "dense_1" in out and "total" in out
+
+
+def test_nan_weights_stop_with_the_layer_name(toy_data):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            kernel = self.model.layers[1].kernel.numpy()
+            kernel[0, 0] = np.nan
+            self.model.layers[1].kernel.assign(kernel)
+
+    monitor = gss.SparsityMonitor(target_sparsity=0.5, verbose=0)
+    with pytest.raises(ValueError, match="'dense_1' holds NaN"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[Poison(), monitor])
+    assert len(dead_groups(model.layers[0])) == 0  # nothing pruned from garbage
+
+
+@pytest.mark.parametrize(
+    "kwargs,arg",
+    [
+        ({"threshold": -1e-3}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"target_sparsity": 1.0}, "target_sparsity"),
+        ({"target_sparsity": -0.1}, "target_sparsity"),
+        ({"begin_epoch": -1}, "begin_epoch"),
+        ({"target_sparsity": 0.5, "prune": False}, "target_sparsity"),
+    ],
+)
+def test_bad_arguments(kwargs, arg):
+    with pytest.raises(ValueError, match=f"`{arg}`"):
+        gss.SparsityMonitor(**kwargs)
+
+
+def test_model_without_prunable_layers_is_rejected():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Flatten()])
+    model.compile("adam", "mse")
+    with pytest.raises(ValueError, match="no prunable layer"):
+        model.fit(np.ones((4, 4)), np.ones((4, 4)), verbose=0, callbacks=[gss.SparsityMonitor()])
