@@ -8,33 +8,44 @@ Example:
 >>> model = gss.attach(model)  # GuidedStructuredSparsity on every hidden layer
 """
 
-from keras_gss import groups
-from keras_gss.attach import attach
-from keras_gss.constraints import GroupMask
+from keras_gss import datasets, graph, groups, models, pruning
+from keras_gss.attach import attach, detach
+from keras_gss.constraints import GroupMask, ProximalGroupLasso
 from keras_gss.groups import GroupSpec, register_layer
 from keras_gss.monitor import SparsityMonitor
+from keras_gss.pruning import prune
 from keras_gss.regularizers import (
     ActivityAttention,
     GroupLasso,
     GroupVariance,
     GuidedStructuredSparsity,
 )
-from keras_gss.report import LayerSparsity, SparsityReport, sparsity_report
+from keras_gss.report import LayerSparsity, SparsityReport, model_stats, sparsity_report
+from keras_gss.schedules import AttentionWarmup
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivityAttention",
+    "AttentionWarmup",
     "GroupLasso",
     "GroupMask",
     "GroupSpec",
     "GroupVariance",
     "GuidedStructuredSparsity",
     "LayerSparsity",
+    "ProximalGroupLasso",
     "SparsityMonitor",
     "SparsityReport",
     "attach",
+    "datasets",
+    "detach",
+    "graph",
     "groups",
+    "model_stats",
+    "models",
+    "prune",
+    "pruning",
     "register_layer",
     "sparsity_report",
 ]

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 import keras
 
 from keras_gss import groups
-from keras_gss.regularizers import GuidedStructuredSparsity
+from keras_gss._validate import non_negative
+from keras_gss.constraints import GroupMask, ProximalGroupLasso
+from keras_gss.regularizers import ActivityAttention, GuidedStructuredSparsity, _GroupRegularizer
 
 
 def _resolve_layers(model: keras.Model, layers, skip_output: bool) -> list[keras.layers.Layer]:
@@ -68,6 +70,7 @@ def attach(
     activity_regularizer: keras.regularizers.Regularizer | None = None,
     layers: Iterable[str | keras.layers.Layer] | None = None,
     skip_output: bool = True,
+    proximal: float | None = None,
 ) -> keras.Model:
     """Attach regularizers to the prunable layers of a built model, in place.
 
@@ -84,6 +87,8 @@ def attach(
         layers: names or layer objects to regularize (default: every prunable layer).
         skip_output: leave the model's output layer alone when `layers` is None
             (default True).
+        proximal: if set, also a `ProximalGroupLasso(proximal)` constraint on each
+            chosen kernel: exact zeros during training (default None).
 
     Returns:
         The same model.
@@ -107,6 +112,8 @@ def attach(
         )
     if regularizer is None:
         regularizer = GuidedStructuredSparsity()
+    if proximal is not None:
+        proximal = non_negative("proximal", proximal)
     given = {"regularizer": regularizer, "activity_regularizer": activity_regularizer}
     for name, value in given.items():
         if value is not None and not isinstance(value, keras.regularizers.Regularizer):
@@ -114,7 +121,16 @@ def attach(
                 f"Invalid value for argument `{name}`. Expected a "
                 f"keras.regularizers.Regularizer instance. Received: {name}={value!r}"
             )
-    for layer in _resolve_layers(model, layers, skip_output):
+    chosen = _resolve_layers(model, layers, skip_output)
+    if proximal is not None:
+        for layer in chosen:
+            existing = groups.layer_weight(layer).constraint
+            if existing is not None and not isinstance(existing, (GroupMask, ProximalGroupLasso)):
+                raise ValueError(
+                    f"Layer '{layer.name}' already has a kernel constraint ({existing!r}); "
+                    "`proximal` would replace it. Remove it or call attach without `proximal`."
+                )
+    for layer in chosen:
         spec = groups.get_spec(layer)
         weight = groups.layer_weight(layer, spec)
         layer_regularizer = _for_layer(regularizer, spec)
@@ -122,5 +138,50 @@ def attach(
         setattr(layer, spec.regularizer_attr, layer_regularizer)
         if activity_regularizer is not None:
             layer.activity_regularizer = activity_regularizer
+        if proximal is not None:
+            _set_proximal(layer, spec, weight, ProximalGroupLasso(proximal, spec.axis))
+    reset_traced_functions(model)
+    return model
+
+
+def _set_proximal(layer, spec: groups.GroupSpec, weight, proximal) -> None:
+    existing = weight.constraint
+    if isinstance(existing, GroupMask):  # pruned groups stay masked, after the step
+        existing.constraint = proximal
+        return
+    weight.constraint = proximal
+    setattr(layer, spec.constraint_attr, proximal)
+
+
+def detach(model: keras.Model) -> keras.Model:
+    """Remove keras-gss regularizers and proximal steps; keep the pruning masks.
+
+    Use it before fine-tuning a pruned model: the loss is the task loss alone,
+    and pruned groups stay frozen at zero.
+
+    Example:
+
+    >>> import keras, keras_gss as gss
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
+    ...                           keras.layers.Dense(2)])
+    >>> len(gss.detach(gss.attach(model)).losses)
+    0
+    """
+    for layer in groups.prunable_layers(model):
+        spec = groups.get_spec(layer)
+        weight = groups.layer_weight(layer, spec)
+        if isinstance(weight.regularizer, _GroupRegularizer):
+            weight.regularizer = None
+            setattr(layer, spec.regularizer_attr, None)
+        if isinstance(getattr(layer, "activity_regularizer", None), ActivityAttention):
+            layer.activity_regularizer = None
+        constraint = weight.constraint
+        if isinstance(constraint, ProximalGroupLasso):
+            weight.constraint = None
+            setattr(layer, spec.constraint_attr, None)
+        elif isinstance(constraint, GroupMask) and isinstance(
+            constraint.constraint, ProximalGroupLasso
+        ):
+            constraint.constraint = None
     reset_traced_functions(model)
     return model

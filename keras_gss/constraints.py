@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_gss import groups
+from keras_gss._validate import non_negative
 
 _register = keras.saving.register_keras_serializable(package="keras_gss")
 
@@ -86,3 +87,67 @@ class GroupMask(keras.constraints.Constraint):
             if self.constraint is not None
             else None,
         }
+
+
+@_register
+class ProximalGroupLasso(keras.constraints.Constraint):
+    """A proximal group-lasso step after every update: exact zeros, no jitter.
+
+    ``W_g <- W_g * max(0, 1 - strength * sqrt(size of g) / ||W_g||_2)``: group
+    soft-thresholding, scaled by the group size so that layers of different
+    fan-in shrink alike. Groups whose norm falls under the step become exactly 0.
+
+    Args:
+        strength: shrinkage per step and per sqrt(weight), a float >= 0
+            (default 5e-5, measured on the paper's LeNet with Adam at lr 1e-3).
+        group_axis: axis or axes that index the groups (default -1).
+
+    Example:
+
+    >>> import numpy as np, keras_gss as gss
+    >>> w = np.array([[3.0, 1e-5], [4.0, 1e-5]])
+    >>> np.asarray(gss.ProximalGroupLasso(0.1)(w)).round(4).tolist()
+    [[2.9151, 0.0], [3.8869, 0.0]]
+    """
+
+    def __init__(self, strength: float = 5e-5, group_axis: groups.Axis = -1):
+        self.strength = non_negative("strength", strength)
+        self.group_axis = groups.as_axis_tuple(group_axis)
+
+    def __call__(self, w):
+        shape = tuple(w.shape)
+        _, size = groups.group_shape(shape, self.group_axis)
+        norms = groups.group_norms(w, self.group_axis, "ProximalGroupLasso")
+        step = self.strength * size**0.5
+        scale = ops.maximum(0.0, 1.0 - step / ops.maximum(norms, step))
+        scale = groups.broadcast_mask(scale, shape, self.group_axis)
+        return w * ops.cast(scale, w.dtype)
+
+    def get_config(self) -> dict:
+        return {"strength": self.strength, "group_axis": groups.axis_to_config(self.group_axis)}
+
+
+class ElementMask(keras.constraints.Constraint):
+    """Holds individual weights at zero: the unstructured (magnitude) baseline.
+
+    ``w = w * mask`` element by element. For in-memory fine-tuning only: the mask
+    is as large as the weight, so it is not saved; `keras_gss.pruning.release_element_masks`
+    removes these constraints (the zeros stay in the weights) before `model.save`.
+
+    Args:
+        mask: 0/1 array with the weight's shape.
+    """
+
+    def __init__(self, mask):
+        self.mask = keras.Variable(
+            np.asarray(mask, "float32"), trainable=False, name="gss_elements"
+        )
+
+    def __call__(self, w):
+        return w * ops.cast(self.mask, w.dtype)
+
+    def get_config(self) -> dict:
+        raise NotImplementedError(
+            "ElementMask is not serializable: call "
+            "keras_gss.pruning.release_element_masks(model) before saving."
+        )

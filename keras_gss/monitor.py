@@ -8,18 +8,13 @@ install a `GroupMask` constraint so the optimizer cannot revive them.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import keras
-import numpy as np
-from keras import ops
 
-from keras_gss import groups
+from keras_gss import graph, groups, pruning
 from keras_gss._validate import fraction, non_negative
-from keras_gss.attach import reset_traced_functions
-from keras_gss.constraints import GroupMask
-from keras_gss.report import SparsityReport, measure_layer
+from keras_gss.report import SparsityReport
 
 
 def cubic_ramp(target: float, epoch: int, begin_epoch: int, epochs: int) -> float:
@@ -33,30 +28,6 @@ def cubic_ramp(target: float, epoch: int, begin_epoch: int, epochs: int) -> floa
         return 0.0
     progress = min(1.0, (epoch - begin_epoch + 1) / max(1, epochs - begin_epoch))
     return target * (1.0 - (1.0 - progress) ** 3)
-
-
-class _LayerState:
-    """What the monitor knows about one prunable layer during a fit."""
-
-    def __init__(self, layer: keras.layers.Layer, is_output: bool):
-        self.layer = layer
-        self.spec = groups.get_spec(layer)
-        self.is_output = is_output
-        self.weight = groups.layer_weight(layer, self.spec)
-        self.num_groups, self.group_size = groups.group_shape(
-            tuple(self.weight.shape), self.spec.axis
-        )
-
-    @property
-    def mask_constraint(self) -> GroupMask | None:
-        constraint = self.weight.constraint
-        return constraint if isinstance(constraint, GroupMask) else None
-
-    def live(self) -> np.ndarray:
-        constraint = self.mask_constraint
-        if constraint is None:
-            return np.ones(self.num_groups, dtype=bool)
-        return constraint.live
 
 
 class SparsityMonitor(keras.callbacks.Callback):
@@ -74,23 +45,29 @@ class SparsityMonitor(keras.callbacks.Callback):
     are already exactly zero (a reloaded or resumed model) are frozen too.
 
     With `target_sparsity`, the lowest-ranked live groups are pruned until that
-    fraction of all prunable kernel weights is zero, ramped cubically from
-    `begin_epoch` to the last epoch of `fit`. Groups of different layers are
-    ranked against each other by their root-mean-square weight
-    (`||W_g||_2 / sqrt(size of g)`), which does not favour small or large layers.
-    The output layer's units are never pruned, and every layer keeps at least
-    one live group.
+    fraction of all prunable kernel weights (or of FLOPs, `metric="flops"`) is
+    gone, ramped cubically from `begin_epoch` to the last epoch of `fit`. Groups
+    of different layers are ranked against each other by `ranking`: by default
+    their root-mean-square weight (`||W_g||_2 / sqrt(size of g)`), which favours
+    neither small nor large layers; `"hybrid"` divides it by the share of weights
+    and FLOPs the group frees (see `keras_gss.pruning`). The output layer's units
+    are never pruned, and every layer keeps at least one live group.
 
     Args:
         threshold: a group whose L2 norm is at or below this is zero (default 1e-3).
         prune: set such groups to exactly zero (default True); False only measures.
         freeze: keep pruned groups at exactly zero for the rest of training and
             after saving (default True).
-        target_sparsity: fraction of prunable kernel weights to zero by the end of
-            `fit`, in [0, 1) (default None: threshold pruning only).
+        target_sparsity: fraction to remove by the end of `fit`, in [0, 1)
+            (default None: threshold pruning only).
         begin_epoch: first epoch (0-based) of the target ramp (default 0).
         verbose: 1 prints a per-layer table at every epoch end, 0 is silent
             (default 1).
+        relative_threshold: also prune groups whose norm is at or below this
+            fraction of the largest group norm of their layer (default None).
+        ranking: `"rms"`, `"norm"`, `"hybrid"` or `"flops"` (default "rms").
+        metric: what `target_sparsity` counts, `"weights"` or `"flops"`
+            (default "weights").
 
     Example:
 
@@ -113,10 +90,16 @@ class SparsityMonitor(keras.callbacks.Callback):
         target_sparsity: float | None = None,
         begin_epoch: int = 0,
         verbose: int = 1,
+        relative_threshold: float | None = None,
+        ranking: str = "rms",
+        metric: str = "weights",
     ):
         super().__init__()
         self.threshold = non_negative("threshold", threshold)
         self.target_sparsity = fraction("target_sparsity", target_sparsity)
+        self.relative_threshold = fraction("relative_threshold", relative_threshold)
+        self.ranking = pruning.check_choice("ranking", ranking, pruning.RANKINGS)
+        self.metric = pruning.check_choice("metric", metric, pruning.METRICS)
         if not isinstance(begin_epoch, int) or isinstance(begin_epoch, bool) or begin_epoch < 0:
             raise ValueError(
                 "Invalid value for argument `begin_epoch`. Expected an int >= 0. "
@@ -133,17 +116,14 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.begin_epoch = begin_epoch
         self.verbose = int(verbose)
         self.history: list[dict] = []
-        self._states: list[_LayerState] = []
+        self._infos: list[graph.LayerInfo] = []
 
     # -- fit hooks ---------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         model = self.model
-        outputs = {id(layer) for layer in groups.output_layers(model)}
-        self._states = [
-            _LayerState(layer, id(layer) in outputs) for layer in groups.prunable_layers(model)
-        ]
-        if not self._states:
+        self._infos = graph.describe(model)
+        if not self._infos:
             raise ValueError(
                 f"SparsityMonitor: model '{model.name}' has no prunable layer "
                 "(Dense, Conv*, ...): nothing to measure."
@@ -160,19 +140,27 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state
-        rows, norms = self._measure(check_finite=self.prune)
+        rows, norms = pruning.measure(self._infos, self.threshold, check_finite=self.prune)
         target = None
         if self.prune:
             target = self._target_at(epoch)
-            dead = self._choose(rows, norms, target)
+            dead = pruning.select(
+                self._infos, rows, norms, self.threshold, self.relative_threshold,
+                target, self.metric, self.ranking,
+            )  # fmt: skip
             if any(d.any() for d in dead):
                 self._apply(dead)
-                rows, norms = self._measure(check_finite=False)
+                rows, norms = pruning.measure(self._infos, self.threshold, check_finite=False)
         report = SparsityReport(rows=tuple(rows), threshold=self.threshold)
+        live = [int(n.size - r.zero_groups) for n, r in zip(norms, rows)]
+        flop_ratio = graph.live_flops(self._infos, live) / max(
+            1.0, sum(info.dense_flops for info in self._infos)
+        )
         record = {
             "epoch": int(epoch),
             "sparsity": report.sparsity,
             "group_sparsity": report.group_sparsity,
+            "flop_ratio": flop_ratio,
             "target": target,
             "layers": {row.layer: row.to_dict() for row in rows},
         }
@@ -184,8 +172,9 @@ class SparsityMonitor(keras.callbacks.Callback):
                 logs[f"gss/{row.layer}/zeroed_groups"] = row.zero_groups
         if self.verbose:
             title = f"\nSparsityMonitor, epoch {epoch + 1}"
-            if target is not None and self.target_sparsity is not None:
-                title += f" (target {target:.1%})"
+            if target is not None:
+                title += f" (target {target:.1%} of {self.metric})"
+            title += f", FLOPs left {flop_ratio:.1%}"
             print(f"{title}\n{report}", flush=True)
 
     # -- internals ---------------------------------------------------------
@@ -196,103 +185,20 @@ class SparsityMonitor(keras.callbacks.Callback):
         epochs = (self.params or {}).get("epochs") or (epoch + 1)
         return cubic_ramp(self.target_sparsity, epoch, self.begin_epoch, epochs)
 
-    def _measure(self, check_finite: bool):
-        rows, norms = [], []
-        for state in self._states:
-            row, layer_norms = measure_layer(state.layer, self.threshold)
-            if check_finite and not np.all(np.isfinite(layer_norms)):
-                raise ValueError(
-                    f"SparsityMonitor: layer '{state.layer.name}' holds NaN or inf weights "
-                    "at the end of this epoch; nothing was pruned. Lower the learning rate "
-                    "or the regularization strengths, or check the input data."
-                )
-            rows.append(row)
-            norms.append(layer_norms)
-        return rows, norms
-
-    def _choose(self, rows, norms, target: float | None) -> list[np.ndarray]:
-        """Boolean arrays of groups to prune now, one per layer."""
-        dead = []
-        for state, layer_norms in zip(self._states, norms):
-            new = state.live() & (layer_norms <= self.threshold)
-            if state.is_output:
-                new[:] = False
-            elif new.sum() >= state.live().sum():
-                new[np.argmax(layer_norms)] = False  # keep the strongest group alive
-            dead.append(new)
-        if target is None:
-            return dead
-        total = sum(row.weights for row in rows)
-        zero = sum(row.zero_weights for row in rows)
-        for d, state in zip(dead, self._states):
-            zero += int(d.sum()) * state.group_size  # upper bound: slices not yet all zero
-        needed = math.ceil(target * total) - zero
-        if needed <= 0:
-            return dead
-        candidates = []
-        for i, (state, layer_norms) in enumerate(zip(self._states, norms)):
-            if state.is_output:
-                continue
-            live = np.flatnonzero(state.live() & ~dead[i])
-            score = layer_norms[live] / math.sqrt(state.group_size)
-            candidates.extend((s, i, g) for s, g in zip(score, live))
-        candidates.sort(key=lambda c: (c[0], c[1], c[2]))
-        live_left = [int((s.live() & ~d).sum()) for s, d in zip(self._states, dead)]
-        for _, i, g in candidates:
-            if needed <= 0:
-                break
-            if live_left[i] <= 1:
-                continue
-            dead[i][g] = True
-            live_left[i] -= 1
-            needed -= self._states[i].group_size
-        return dead
-
-    def _apply(self, dead: list[np.ndarray]) -> None:
-        retrace = keras.backend.backend() == "jax"  # jit bakes the mask values in
-        for state, new in zip(self._states, dead):
-            if not new.any():
-                continue
-            live = state.live() & ~new
-            targets = [(state.weight, state.spec.axis, state.spec.constraint_attr)]
-            bias = getattr(state.layer, state.spec.bias, None) if state.spec.bias else None
-            if bias is not None:
-                targets.append((bias, (-1,), "bias_constraint"))
-            for variable, axis, attr in targets:
-                mask = groups.broadcast_mask(
-                    ops.convert_to_tensor(live.astype("float32")), tuple(variable.shape), axis
-                )
-                variable.assign(variable.value * ops.cast(mask, variable.dtype))
-                if self.freeze:
-                    retrace |= _install_mask(state.layer, variable, live, axis, attr)
-        if retrace:
-            reset_traced_functions(self.model)
+    def _apply(self, dead) -> None:
+        if pruning.apply(self.model, self._infos, dead, self.freeze):
             make = getattr(self.model, "make_train_function", None)
-            if make is not None:
+            if make is not None:  # fit's loop calls the attribute: rebuild it now
                 make(force=True)
 
     def _freeze_existing_zeros(self) -> None:
         """Treat exactly-zero groups of a loaded or resumed model as pruned."""
         dead = []
-        for state in self._states:
-            norms = groups.layer_group_norms(state.layer)
-            new = state.live() & (norms == 0)
-            if state.is_output or new.all():
+        for info in self._infos:
+            norms = groups.layer_group_norms(info.layer)
+            new = pruning.live_mask(info) & (norms == 0)
+            if info.is_output or new.all():
                 new[:] = False
             dead.append(new)
         if any(d.any() for d in dead):
             self._apply(dead)
-
-
-def _install_mask(layer, variable, live: np.ndarray, axis, attr: str) -> bool:
-    """Set or update the GroupMask of `variable`; True when one was newly installed."""
-    constraint = variable.constraint
-    if isinstance(constraint, GroupMask):
-        constraint.assign(live.astype("float32"))
-        return False
-    mask = GroupMask(
-        live.astype("float32"), group_axis=groups.axis_to_config(axis), constraint=constraint
-    )
-    variable.constraint = mask
-    setattr(layer, attr, mask)
-    return True

@@ -42,6 +42,36 @@ def _inverse_variance(squared_norms, strength: float, epsilon: float):
     return strength / (ops.var(squared_norms) + epsilon)
 
 
+def _scale_invariant_variance(squared_norms, strength: float, epsilon: float):
+    if squared_norms.shape[0] < 2:
+        return ops.zeros((), "float32")
+    mean = ops.mean(squared_norms)
+    return strength * ops.square(mean) / (ops.var(squared_norms) + epsilon)
+
+
+def _fraction_attention(squared_norms, strength: float, epsilon: float, keep: float):
+    count = squared_norms.shape[0]
+    top = max(1, min(count - 1, round(keep * count)))
+    if count < 2:
+        return ops.zeros((), "float32")
+    norms = groups.safe_norm(squared_norms)
+    ranked = ops.sort(norms)  # ascending: the weakest first
+    scale = ops.stop_gradient(ops.mean(ranked[count - top :])) + epsilon
+    return strength * ops.sum(ranked[: count - top]) / scale
+
+
+ATTENTIONS = ("variance", "scale_invariant", "fraction")
+
+
+def attention_term(squared_norms, form: str, strength: float, epsilon: float, keep: float):
+    """The attention term of one kernel, in the chosen form (see GuidedStructuredSparsity)."""
+    if form == "variance":
+        return _inverse_variance(squared_norms, strength, epsilon)
+    if form == "scale_invariant":
+        return _scale_invariant_variance(squared_norms, strength, epsilon)
+    return _fraction_attention(squared_norms, strength, epsilon, keep)
+
+
 @_register
 class GroupLasso(_GroupRegularizer):
     """Group lasso: drives whole output units/filters to zero.
@@ -108,14 +138,24 @@ class GroupVariance(_GroupRegularizer):
 class GuidedStructuredSparsity(_GroupRegularizer):
     """Guided structured sparsity (Torfi & Shirvani 2018): group lasso + attention.
 
-    ``loss = lasso * sum_g ||W_g||_2 + variance / (var_g(||W_g||_2^2) + epsilon)``
+    ``loss = lasso * sum_g ||W_g||_2 + attention`` where, with ``n_g = ||W_g||_2``:
+
+    - `attention="variance"` (the paper): ``variance / (var_g(n_g^2) + epsilon)``;
+    - `"scale_invariant"`: ``variance * mean_g(n_g^2)^2 / (var_g(n_g^2) + epsilon)``,
+      unchanged when the kernel is rescaled;
+    - `"fraction"`: keep a chosen fraction of the groups clearly alive:
+      ``variance * sum(weakest (1 - keep) of n_g) / stop_gradient(mean(strongest
+      keep of n_g))``, a lasso on the weak tail only, relative to the live groups.
 
     Args:
         lasso: group-lasso coefficient, a float >= 0 (default 1e-3).
-        variance: attention (inverse-variance) coefficient, a float >= 0
-            (default 1e-2).
-        epsilon: added to the variance, a float > 0 (default 1e-8).
+        variance: attention coefficient, a float >= 0 (default 1e-2).
+        epsilon: added to denominators, a float > 0 (default 1e-8).
         group_axis: axis or axes of the kernel that index output units (default -1).
+        attention: `"variance"`, `"scale_invariant"` or `"fraction"`
+            (default "variance").
+        keep: fraction of groups the `"fraction"` form keeps alive, in (0, 1)
+            (default 0.25).
 
     Example:
 
@@ -129,17 +169,33 @@ class GuidedStructuredSparsity(_GroupRegularizer):
         variance: float = 1e-2,
         epsilon: float = 1e-8,
         group_axis: groups.Axis = -1,
+        attention: str = "variance",
+        keep: float = 0.25,
     ):
         self.lasso = non_negative("lasso", lasso)
         self.variance = non_negative("variance", variance)
         self.epsilon = non_negative("epsilon", epsilon, strict=True)
+        if attention not in ATTENTIONS:
+            raise ValueError(
+                f"Invalid value for argument `attention`. Expected one of {ATTENTIONS}. "
+                f"Received: attention={attention!r}"
+            )
+        self.attention = attention
+        self.keep = non_negative("keep", keep, strict=True)
+        if self.keep >= 1:
+            raise ValueError(
+                "Invalid value for argument `keep`. Expected a float in (0, 1). "
+                f"Received: keep={keep!r}"
+            )
         super().__init__(group_axis)
 
     def __call__(self, x):
         squared = self._squared_norms(x)
         loss = _lasso(squared, self.lasso)
         if self.variance:
-            loss = loss + _inverse_variance(squared, self.variance, self.epsilon)
+            loss = loss + attention_term(
+                squared, self.attention, self.variance, self.epsilon, self.keep
+            )
         return loss
 
     def get_config(self) -> dict:
@@ -148,6 +204,8 @@ class GuidedStructuredSparsity(_GroupRegularizer):
             "variance": self.variance,
             "epsilon": self.epsilon,
             **super().get_config(),
+            "attention": self.attention,
+            "keep": self.keep,
         }
 
 

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gss import groups
+from keras_gss import graph, groups
 from keras_gss._validate import non_negative
 
 
@@ -182,4 +182,53 @@ def sparsity_report(
     return SparsityReport(
         rows=tuple(measure_layer(layer, threshold)[0] for layer in chosen),
         threshold=threshold,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStats:
+    """Parameters and FLOPs per example, dense and once dead groups are removed."""
+
+    params: int
+    live_params: int
+    flops: float
+    live_flops: float
+
+    @property
+    def flop_ratio(self) -> float:
+        """Live FLOPs over dense FLOPs (1.0 for an unpruned model)."""
+        return self.live_flops / self.flops if self.flops else 1.0
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "flop_ratio": self.flop_ratio}
+
+
+def model_stats(model: keras.Model, threshold: float = 0.0) -> ModelStats:
+    """Count parameters and FLOPs, dense and live.
+
+    FLOPs are 2 x the multiply-adds of each prunable layer's grouped weight per
+    example (bias, activations and pooling left out). Live counts drop every group
+    whose norm is at or below `threshold` (default 0: exactly zero), its bias, and
+    the input slices it fed in consumer layers (what `compact` removes).
+
+    Example:
+
+    >>> import keras_gss as gss
+    >>> gss.model_stats(gss.models.lenet()).flops
+    89480192.0
+    """
+    threshold = non_negative("threshold", threshold)
+    infos = graph.describe(model)
+    live = [int(np.sum(groups.layer_group_norms(i.layer) > threshold)) for i in infos]
+    params = int(model.count_params())
+    removed = sum(i.weights for i in infos) - graph.live_weights(infos, live)
+    for info, n_live in zip(infos, live):
+        bias = getattr(info.layer, info.spec.bias, None) if info.spec.bias else None
+        if bias is not None:
+            removed += info.groups - n_live
+    return ModelStats(
+        params=params,
+        live_params=int(round(params - removed)),
+        flops=float(sum(i.dense_flops for i in infos)),
+        live_flops=float(graph.live_flops(infos, live)),
     )

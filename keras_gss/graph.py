@@ -1,0 +1,153 @@
+"""How prunable layers feed each other, and what they cost.
+
+For each prunable layer: its *producer* (the prunable layer whose output
+channels are its input channels, reached back through channel-preserving layers
+such as activations, pooling, dropout, batch normalization and Flatten) and its
+dense cost in FLOPs (2 x multiply-adds of its grouped weight per example). A
+pruned group of a producer removes input channels of its consumers, which is
+what compaction removes and what FLOP counts and cost-aware ranking take into
+account. A path through anything else (Add, Concatenate, an unknown layer) has
+no producer: its input channels are counted as all live.
+
+Example:
+
+>>> import keras_gss as gss
+>>> infos = gss.graph.describe(gss.models.lenet())
+>>> [(i.layer.name, i.producer) for i in infos][:3]
+[('conv1', None), ('conv2', 0), ('fc1', 1)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+
+from keras_gss import groups
+
+_CHANNEL_PRESERVING: tuple[type, ...] = ()
+
+
+def register_channel_preserving(*layer_classes: type) -> None:
+    """Declare layer types whose output channel c depends only on input channel c."""
+    global _CHANNEL_PRESERVING
+    _CHANNEL_PRESERVING = _CHANNEL_PRESERVING + tuple(layer_classes)
+
+
+def _builtin_channel_preserving() -> None:
+    L = keras.layers
+    names = [
+        "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Dropout",
+        "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+        "GaussianDropout", "AlphaDropout", "BatchNormalization", "Flatten", "Identity",
+        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
+        "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+        "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D",
+        "UpSampling3D",
+    ]  # fmt: skip
+    register_channel_preserving(*(getattr(L, n) for n in names if hasattr(L, n)))
+
+
+_builtin_channel_preserving()
+
+
+@dataclasses.dataclass
+class LayerInfo:
+    """One prunable layer: its groups, graph position and dense cost."""
+
+    layer: keras.layers.Layer
+    spec: groups.GroupSpec
+    groups: int
+    group_size: int
+    is_output: bool
+    producer: int | None  # index into the describe() list
+    dense_flops: float
+
+    @property
+    def weights(self) -> int:
+        return self.groups * self.group_size
+
+
+def _node_tensors(layer):
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if len(nodes) != 1:  # unused, or shared: no single well-defined position
+        return None, None
+    node = nodes[0]
+    return keras.tree.flatten(node.input_tensors), keras.tree.flatten(node.output_tensors)
+
+
+def _positions(layer, spec: groups.GroupSpec) -> int:
+    inputs, outputs = _node_tensors(layer)
+    if not outputs:
+        return 1
+    transpose = spec.axis == (-2,)
+    shape = (inputs[0] if transpose else outputs[0]).shape
+    return int(math.prod(d or 1 for d in shape[1:-1]))
+
+
+def _producer(layer, index_of: dict[int, int]) -> int | None:
+    inputs, _ = _node_tensors(layer)
+    while inputs is not None and len(inputs) == 1:
+        history = getattr(inputs[0], "_keras_history", None)
+        if history is None:
+            return None
+        op = history[0]
+        if id(op) in index_of:
+            return index_of[id(op)]
+        if not isinstance(op, _CHANNEL_PRESERVING):
+            return None
+        inputs, _ = _node_tensors(op)
+    return None
+
+
+def describe(model: keras.Model) -> list[LayerInfo]:
+    """A `LayerInfo` for each prunable layer of `model`, in model order."""
+    layers = groups.prunable_layers(model)
+    outputs = {id(layer) for layer in groups.output_layers(model)}
+    index_of = {id(layer): i for i, layer in enumerate(layers)}
+    infos = []
+    for layer in layers:
+        spec = groups.get_spec(layer)
+        shape = tuple(groups.layer_weight(layer, spec).shape)
+        count, size = groups.group_shape(shape, spec.axis)
+        infos.append(
+            LayerInfo(
+                layer=layer,
+                spec=spec,
+                groups=count,
+                group_size=size,
+                is_output=id(layer) in outputs,
+                producer=_producer(layer, index_of),
+                dense_flops=2.0 * math.prod(shape) * _positions(layer, spec),
+            )
+        )
+    for info in infos:  # the consumer's inputs must be whole copies of the producer's channels
+        inputs, _ = _node_tensors(info.layer)
+        if info.producer is not None:
+            channels = inputs[0].shape[-1]
+            if not channels or channels % infos[info.producer].groups:
+                info.producer = None
+    return infos
+
+
+def _live_total(infos: list[LayerInfo], live: list[int], dense: list[float]) -> float:
+    total = 0.0
+    for info, n_live, cost in zip(infos, live, dense):
+        fraction = n_live / info.groups
+        if info.producer is not None:
+            fraction *= live[info.producer] / infos[info.producer].groups
+        total += cost * fraction
+    return total
+
+
+def live_flops(infos: list[LayerInfo], live: list[int]) -> float:
+    """FLOPs per example once dead groups and the input channels they fed are removed."""
+    return _live_total(infos, live, [info.dense_flops for info in infos])
+
+
+def live_weights(infos: list[LayerInfo], live: list[int]) -> float:
+    """Grouped-weight entries left once dead groups and the inputs they fed are removed."""
+    return _live_total(infos, live, [info.weights for info in infos])

@@ -1,0 +1,300 @@
+"""Choosing groups to prune and writing the zeros: shared by `SparsityMonitor`,
+the one-shot `prune` and the benchmark.
+
+Rankings (which live group goes first when a target must be met), from the
+lowest score up:
+
+- `"rms"`: root-mean-square weight of the group, `||W_g|| / sqrt(size of g)`:
+  comparable across layers of different fan-in (the default).
+- `"norm"`: the plain L2 norm `||W_g||`.
+- `"hybrid"`: rms divided by (fraction of all weights + fraction of all FLOPs
+  that removing the group frees, counting the input slices of its consumers):
+  a cost-aware ranking that prefers groups that are both weak and expensive.
+- `"flops"`: rms divided by the fraction of FLOPs freed.
+
+Targets are a fraction of zero prunable kernel weights (`metric="weights"`) or
+a fraction of FLOPs removed (`metric="flops"`, FLOPs left <= 1 - target).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gss import graph, groups
+from keras_gss._validate import fraction, non_negative
+from keras_gss.attach import reset_traced_functions
+from keras_gss.constraints import ElementMask, GroupMask
+from keras_gss.report import SparsityReport, measure_layer
+
+RANKINGS = ("rms", "norm", "hybrid", "flops")
+METRICS = ("weights", "flops")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of {choices}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def live_mask(info: graph.LayerInfo) -> np.ndarray:
+    """Groups not frozen at zero by a `GroupMask` (all True without one)."""
+    constraint = groups.layer_weight(info.layer, info.spec).constraint
+    if isinstance(constraint, GroupMask):
+        return constraint.live
+    return np.ones(info.groups, dtype=bool)
+
+
+def measure(infos: list[graph.LayerInfo], threshold: float, check_finite: bool = True):
+    """`(rows, norms)`: one `LayerSparsity` and one array of group norms per layer."""
+    rows, norms = [], []
+    for info in infos:
+        row, layer_norms = measure_layer(info.layer, threshold)
+        if check_finite and not np.all(np.isfinite(layer_norms)):
+            raise ValueError(
+                f"Layer '{info.layer.name}' holds NaN or inf weights; nothing was pruned. "
+                "Lower the learning rate or the regularization strengths, or check the "
+                "input data."
+            )
+        rows.append(row)
+        norms.append(layer_norms)
+    return rows, norms
+
+
+def group_scores(
+    infos: list[graph.LayerInfo], norms: list[np.ndarray], live: list[int], ranking: str
+) -> list[np.ndarray]:
+    """Score of every group (lower is pruned first), one array per layer."""
+    scores = []
+    total_w = sum(info.weights for info in infos)
+    total_f = sum(info.dense_flops for info in infos) or 1.0
+    for i, (info, layer_norms) in enumerate(zip(infos, norms)):
+        if ranking == "norm":
+            scores.append(layer_norms)
+            continue
+        rms = layer_norms / math.sqrt(info.group_size)
+        if ranking == "rms":
+            scores.append(rms)
+            continue
+        in_frac = 1.0
+        if info.producer is not None:
+            in_frac = live[info.producer] / infos[info.producer].groups
+        freed_w = info.group_size * in_frac
+        freed_f = info.dense_flops / info.groups * in_frac
+        for consumer, n_live in zip(infos, live):
+            if consumer.producer == i:
+                share = n_live / consumer.groups / info.groups
+                freed_w += consumer.weights * share
+                freed_f += consumer.dense_flops * share
+        cost = freed_f / total_f
+        if ranking == "hybrid":
+            cost += freed_w / total_w
+        scores.append(rms / max(cost, 1e-30))
+    return scores
+
+
+def select(
+    infos: list[graph.LayerInfo],
+    rows,
+    norms: list[np.ndarray],
+    threshold: float,
+    relative_threshold: float | None = None,
+    target: float | None = None,
+    metric: str = "weights",
+    ranking: str = "rms",
+    min_live_groups: int = 1,
+) -> list[np.ndarray]:
+    """Boolean arrays of live groups to prune now, one per layer.
+
+    A live group is pruned when its norm is at or below `threshold` (or below
+    `relative_threshold` times the largest group norm of its layer); then, if
+    `target` is set, the lowest-scored live groups until the target is met. Output
+    layers are never pruned and every layer keeps `min_live_groups` live groups.
+    """
+    masks = [live_mask(info) for info in infos]
+    dead = []
+    for info, layer_norms, mask in zip(infos, norms, masks):
+        new = mask & (layer_norms <= threshold)
+        if relative_threshold is not None and layer_norms.size:
+            new |= mask & (layer_norms <= relative_threshold * layer_norms.max())
+        if info.is_output:
+            new[:] = False
+        else:
+            keep = min(min_live_groups, int(mask.sum()))
+            alive_after = np.flatnonzero(mask & ~new)
+            if alive_after.size < keep:  # spare the strongest of the doomed groups
+                doomed = np.flatnonzero(new)
+                strongest = doomed[np.argsort(layer_norms[doomed])[::-1]]
+                new[strongest[: keep - alive_after.size]] = False
+        dead.append(new)
+    if target is None:
+        return dead
+    live = [int((m & ~d).sum()) for m, d in zip(masks, dead)]
+    total_w = sum(row.weights for row in rows)
+    dense_f = sum(info.dense_flops for info in infos)
+    zero_w = sum(row.zero_weights for row in rows)
+    zero_w += sum(int(d.sum()) * info.group_size for d, info in zip(dead, infos))
+
+    def reached() -> bool:
+        if metric == "flops":
+            return graph.live_flops(infos, live) <= (1.0 - target) * dense_f * (1 + 1e-9)
+        return zero_w >= math.ceil(target * total_w)
+
+    if reached():
+        return dead
+    scores = group_scores(infos, norms, live, ranking)
+    candidates = []
+    for i, (info, score) in enumerate(zip(infos, scores)):
+        if info.is_output:
+            continue
+        for g in np.flatnonzero(masks[i] & ~dead[i]):
+            candidates.append((float(score[g]), i, int(g)))
+    candidates.sort()
+    for _, i, g in candidates:
+        if reached():
+            break
+        if live[i] <= min_live_groups:
+            continue
+        dead[i][g] = True
+        live[i] -= 1
+        zero_w += infos[i].group_size
+    return dead
+
+
+def apply(model: keras.Model, infos: list[graph.LayerInfo], dead: list[np.ndarray], freeze: bool):
+    """Zero the chosen groups (kernel slices and biases); with `freeze`, mask them.
+
+    Traced train functions are reset where a new constraint (or, on JAX, a new
+    mask value) must be seen by the next step.
+    """
+    retrace = False
+    for info, new in zip(infos, dead):
+        if not new.any():
+            continue
+        live = live_mask(info) & ~new
+        weight = groups.layer_weight(info.layer, info.spec)
+        targets = [(weight, info.spec.axis, info.spec.constraint_attr)]
+        bias = getattr(info.layer, info.spec.bias, None) if info.spec.bias else None
+        if bias is not None:
+            targets.append((bias, (-1,), "bias_constraint"))
+        for variable, axis, attr in targets:
+            mask = groups.broadcast_mask(
+                ops.convert_to_tensor(live.astype("float32")), tuple(variable.shape), axis
+            )
+            variable.assign(variable.value * ops.cast(mask, variable.dtype))
+            if freeze:
+                retrace |= _install_mask(info.layer, variable, live, axis, attr)
+        retrace |= freeze and keras.backend.backend() == "jax"  # jit bakes mask values in
+    if retrace:
+        reset_traced_functions(model)
+    return retrace
+
+
+def _install_mask(layer, variable, live: np.ndarray, axis, attr: str) -> bool:
+    """Set or update the GroupMask of `variable`; True when one was newly installed."""
+    constraint = variable.constraint
+    if isinstance(constraint, GroupMask):
+        constraint.assign(live.astype("float32"))
+        return False
+    mask = GroupMask(
+        live.astype("float32"), group_axis=groups.axis_to_config(axis), constraint=constraint
+    )
+    variable.constraint = mask
+    setattr(layer, attr, mask)
+    return True
+
+
+def prune(
+    model: keras.Model,
+    target_sparsity: float | None = None,
+    threshold: float = 0.0,
+    metric: str = "weights",
+    ranking: str = "rms",
+    freeze: bool = True,
+    min_live_groups: int = 1,
+) -> SparsityReport:
+    """Hard-prune whole groups of a trained model once, now.
+
+    Args:
+        model: a built Keras model.
+        target_sparsity: fraction in [0, 1) of prunable kernel weights to zero
+            (`metric="weights"`) or of FLOPs to remove (`metric="flops"`); None
+            prunes by `threshold` only (default None).
+        threshold: groups whose norm is at or below this are pruned (default 0).
+        metric: `"weights"` or `"flops"` (default "weights").
+        ranking: `"rms"`, `"norm"`, `"hybrid"` or `"flops"` (default "rms"); see
+            the module docstring.
+        freeze: hold pruned groups at zero in later training (default True).
+        min_live_groups: live groups every layer keeps (default 1).
+
+    Returns:
+        The `SparsityReport` after pruning (exact zeros: threshold 0).
+
+    Example:
+
+    >>> import keras, keras_gss as gss
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
+    ...                           keras.layers.Dense(2)])
+    >>> gss.prune(model, target_sparsity=0.5).sparsity >= 0.5
+    True
+    """
+    target = fraction("target_sparsity", target_sparsity)
+    threshold = non_negative("threshold", threshold)
+    check_choice("metric", metric, METRICS)
+    check_choice("ranking", ranking, RANKINGS)
+    infos = graph.describe(model)
+    rows, norms = measure(infos, threshold)
+    dead = select(infos, rows, norms, threshold, None, target, metric, ranking, min_live_groups)
+    apply(model, infos, dead, freeze)
+    rows, _ = measure(infos, 0.0, check_finite=False)
+    return SparsityReport(rows=tuple(rows), threshold=0.0)
+
+
+def magnitude_prune(
+    model: keras.Model, target_sparsity: float, freeze: bool = True
+) -> SparsityReport:
+    """Unstructured baseline: zero the smallest-magnitude single weights.
+
+    One global magnitude threshold over the grouped weights of every prunable
+    layer except the output layer(s), chosen so that `target_sparsity` of all
+    prunable kernel weights are zero. With `freeze`, an `ElementMask` holds them
+    at zero during fine-tuning (remove it with `release_element_masks` before
+    saving; the zeros stay).
+    """
+    target = fraction("target_sparsity", target_sparsity, allow_none=False)
+    infos = graph.describe(model)
+    weights = [groups.layer_weight(i.layer, i.spec) for i in infos]
+    values = [np.abs(np.asarray(ops.convert_to_numpy(w.value))) for w in weights]
+    total = sum(v.size for v in values)
+    chosen = [k for k, info in enumerate(infos) if not info.is_output]
+    flat = np.concatenate([values[k].ravel() for k in chosen])
+    count = min(flat.size, math.ceil(target * total))
+    keep = np.ones(flat.size, dtype=bool)
+    keep[np.argsort(flat, kind="stable")[:count]] = False
+    offset = 0
+    for k in chosen:
+        size = values[k].size
+        mask = keep[offset : offset + size].reshape(values[k].shape).astype("float32")
+        offset += size
+        weights[k].assign(weights[k].value * ops.cast(mask, weights[k].dtype))
+        if freeze:
+            weights[k].constraint = ElementMask(mask)
+    reset_traced_functions(model)
+    rows, _ = measure(infos, 0.0, check_finite=False)
+    return SparsityReport(rows=tuple(rows), threshold=0.0)
+
+
+def release_element_masks(model: keras.Model) -> keras.Model:
+    """Remove `ElementMask` constraints (the zeros stay in the weights)."""
+    for info in graph.describe(model):
+        weight = groups.layer_weight(info.layer, info.spec)
+        if isinstance(weight.constraint, ElementMask):
+            weight.constraint = None
+    reset_traced_functions(model)
+    return model
