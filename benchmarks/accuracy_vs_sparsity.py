@@ -1,0 +1,279 @@
+"""Accuracy vs sparsity: the paper's comparison, plus an ablation of keras-gss' levers.
+
+For each seed, each method is trained once with the same budget; the trained
+model is then hard-pruned to each sparsity level (fraction of prunable kernel
+weights zero; whole groups, lowest rank first, never the output units, for the
+structured methods; single weights for magnitude pruning), evaluated, fine-tuned
+with the pruned weights held at zero and the regularizers removed, and evaluated
+again. Structured methods are also pruned to FLOP targets (`F85` = 85% of FLOPs
+removed) for comparisons at equal FLOPs.
+
+Every (method, seed, level) result is cached as JSON, so a rerun skips what is
+done and the full mode can run in parts:
+
+    python benchmarks/accuracy_vs_sparsity.py --quick          # < 10 min, 2 cores
+    python benchmarks/accuracy_vs_sparsity.py                  # full, resumable
+
+Prints a markdown table last; writes results.json, table.md and accuracy_drop.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_gss import datasets, experiment, models, plot  # noqa: E402
+from keras_gss.report import model_stats, sparsity_report  # noqa: E402
+
+R = experiment.Recipe
+VARIANTS = {
+    "dense": R("dense"),
+    "magnitude": R("magnitude"),
+    "ssl": R("group-lasso", lasso=2e-3),
+    "gss": R("gss", lasso=2e-3, variance=1e-2),
+    "gss-scale-invariant": R("gss", lasso=2e-3, variance=1e-3, attention="scale_invariant"),
+    "gss-warmup": R("gss", lasso=2e-3, variance=1e-2, warmup=2),
+    "gss-fraction": R("gss", lasso=2e-3, variance=2e-3, attention="fraction", keep=0.25),
+    "ssl-proximal": R("group-lasso", lasso=2e-3, proximal=5e-5),
+    "ssl-hybrid": R("group-lasso", lasso=2e-3, ranking="hybrid", min_live_groups=4),
+    "recipe": R("group-lasso", lasso=2e-3, proximal=5e-5, ranking="hybrid", min_live_groups=4),
+}
+CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
+ABLATION = ["gss-scale-invariant", "gss-warmup", "gss-fraction", "ssl-proximal", "ssl-hybrid"]
+LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+ABLATION_LEVELS = [0.8, 0.9, 0.95]
+FLOP_LEVELS = [0.85]
+
+
+def level_key(level: float, metric: str) -> str:
+    return f"{'F' if metric == 'flops' else 'W'}{round(level * 100)}"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small subset, 1 seed, core methods")
+    p.add_argument("--dataset", default="fashion_mnist", choices=datasets.NAMES)
+    p.add_argument("--limit", type=int, help="training images (default: all; quick: 4000)")
+    p.add_argument("--test-limit", type=int, help="test images (default: all; quick: 2000)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 3; quick 2)")
+    p.add_argument("--finetune", type=float, help="fine-tune epochs (default 0.25; quick 0.5)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 1)")
+    p.add_argument("--methods", nargs="+", choices=list(VARIANTS), help="variants to run")
+    p.add_argument("--levels", nargs="+", type=float, help="weight-sparsity levels")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--out", default=None, help="results folder")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.limit = args.limit if args.limit is not None else (4000 if quick else None)
+    args.test_limit = args.test_limit if args.test_limit is not None else (2000 if quick else None)
+    args.epochs = args.epochs or (2 if quick else 3)
+    args.finetune = args.finetune if args.finetune is not None else (0.5 if quick else 0.25)
+    args.seeds = args.seeds or (1 if quick else 3)
+    args.methods = args.methods or (CORE if quick else CORE + ABLATION)
+    args.levels = args.levels or LEVELS
+    args.out = Path(
+        args.out or f"benchmarks/results/accuracy_vs_sparsity{'_quick' if quick else ''}"
+    )
+    return args
+
+
+def config_id(args) -> str:
+    keys = ("dataset", "limit", "test_limit", "epochs", "finetune", "batch_size", "lr")
+    blob = json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def plan(args):
+    """(method, level, metric) jobs for one seed."""
+    jobs = []
+    for method in args.methods:
+        recipe = VARIANTS[method]
+        if method == "dense":
+            continue
+        levels = args.levels
+        if method not in CORE:
+            levels = [lv for lv in args.levels if lv in ABLATION_LEVELS] or args.levels
+        jobs += [(method, lv, "weights") for lv in levels]
+        if recipe.structured:
+            jobs += [(method, lv, "flops") for lv in FLOP_LEVELS]
+    return jobs
+
+
+def live_units(model) -> dict:
+    report = sparsity_report(model, threshold=0.0)
+    return {row.layer: row.groups - row.zero_groups for row in report.rows}
+
+
+def run(args) -> list[dict]:
+    (x, y), (xt, yt), source = datasets.load(
+        args.dataset, limit=args.limit, test_limit=args.test_limit, return_source=True
+    )
+    print(f"Data: {source.describe()}; {len(x)} train / {len(xt)} test", flush=True)
+    cache = args.out / "cache" / config_id(args)
+    weights_dir = args.out / "weights" / config_id(args)
+    cache.mkdir(parents=True, exist_ok=True)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": 0}
+    results = []
+    jobs = plan(args)
+    total = args.seeds * (len(jobs) + 1)
+    done = 0
+    started = time.perf_counter()
+
+    def progress(msg):
+        elapsed = time.perf_counter() - started
+        print(f"[{done}/{total} | {elapsed / 60:5.1f} min] {msg}", flush=True)
+
+    for seed in range(args.seeds):
+
+        def trained(method, seed=seed):
+            """A model of this method and seed, trained (from the weight cache if there)."""
+            recipe = VARIANTS["dense" if method == "magnitude" else method]
+            keras.utils.set_random_seed(seed)
+            model = models.lenet()
+            path = (
+                weights_dir / f"{method if method != 'magnitude' else 'dense'}-s{seed}.weights.h5"
+            )
+            if path.exists():
+                model.load_weights(path)
+                return model, 0.0
+            t0 = time.perf_counter()
+            experiment.train(model, recipe, x, y, args.epochs, **fit)
+            model.save_weights(path)
+            return model, time.perf_counter() - t0
+
+        dense_file = cache / f"dense-s{seed}.json"
+        if dense_file.exists():
+            dense = json.loads(dense_file.read_text())
+        else:
+            model, seconds = trained("dense")
+            accuracy = experiment.accuracy(model, xt, yt)
+            dense = {"method": "dense", "seed": seed, "accuracy": accuracy,
+                     "train_seconds": seconds, **model_stats(model).to_dict()}  # fmt: skip
+            dense_file.write_text(json.dumps(dense, indent=1))
+        done += 1
+        progress(f"seed {seed} dense accuracy {dense['accuracy']:.4f}")
+        for method, level, metric in jobs:
+            key = level_key(level, metric)
+            file = cache / f"{method}-s{seed}-{key}.json"
+            if file.exists():
+                row = json.loads(file.read_text())
+            else:
+                recipe = VARIANTS[method]
+                model, seconds = trained(method)
+                if metric == "flops":
+                    recipe = experiment.Recipe(**{**recipe.to_dict(), "metric": "flops"})
+                report = experiment.prune_to(model, recipe, level)
+                pruned = experiment.accuracy(model, xt, yt)
+                t0 = time.perf_counter()
+                experiment.finetune(model, x, y, args.finetune, **fit)
+                finetuned = experiment.accuracy(model, xt, yt)
+                stats = model_stats(model)
+                row = {
+                    "method": method, "seed": seed, "level": level, "metric": metric, "key": key,
+                    "recipe": recipe.to_dict(), "sparsity": report.sparsity,
+                    "accuracy_pruned": pruned, "accuracy_finetuned": finetuned,
+                    "dense_accuracy": dense["accuracy"],
+                    "drop_pruned": 100 * (dense["accuracy"] - pruned),
+                    "drop_finetuned": 100 * (dense["accuracy"] - finetuned),
+                    "flop_ratio": stats.flop_ratio, "live_params": stats.live_params,
+                    "live_units": live_units(model) if recipe.structured else None,
+                    "train_seconds": seconds, "finetune_seconds": time.perf_counter() - t0,
+                }  # fmt: skip
+                file.write_text(json.dumps(row, indent=1))
+            results.append(row)
+            done += 1
+            progress(
+                f"seed {seed} {method:20s} {key}: pruned {row['accuracy_pruned']:.4f} "
+                f"fine-tuned {row['accuracy_finetuned']:.4f} FLOPs {row['flop_ratio']:.3f}"
+            )
+    return results
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["method"], row["key"]), []).append(row)
+    out = []
+    for (method, key), rows in groups.items():
+        agg = {"method": method, "key": key, "level": rows[0]["level"], "metric": rows[0]["metric"],
+               "seeds": len(rows)}  # fmt: skip
+        for field in ("accuracy_pruned", "accuracy_finetuned", "drop_pruned", "drop_finetuned",
+                      "flop_ratio", "sparsity", "live_params"):  # fmt: skip
+            values = np.array([r[field] for r in rows], dtype=float)
+            agg[f"{field}_mean"] = float(values.mean())
+            agg[f"{field}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        units = [r["live_units"] for r in rows if r.get("live_units")]
+        if units:
+            agg["live_units_mean"] = {k: float(np.mean([u[k] for u in units])) for k in units[0]}
+        out.append(agg)
+    return out
+
+
+def markdown(agg: list[dict], dense: list[dict], title: str) -> str:
+    acc = np.array([d["accuracy"] for d in dense])
+    spread = 100 * (acc.std(ddof=1) if len(acc) > 1 else 0.0)
+    header = ["method", "level", "seeds", "acc. pruned", "drop pruned", "acc. fine-tuned",
+              "drop fine-tuned", "FLOPs left", "live units per layer"]  # fmt: skip
+    lines = [
+        f"### {title}",
+        "",
+        f"Dense: {100 * acc.mean():.2f} ± {spread:.2f} % ({len(acc)} seed(s))",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    order = {m: i for i, m in enumerate(VARIANTS)}
+    for a in sorted(agg, key=lambda a: (a["metric"], a["level"], order[a["method"]])):
+        units = a.get("live_units_mean")
+        units_s = "/".join(f"{v:.0f}" for v in units.values()) if units else "-"
+        lines.append(
+            f"| {a['method']} | {a['key']} | {a['seeds']} "
+            f"| {100 * a['accuracy_pruned_mean']:.2f} ± {100 * a['accuracy_pruned_std']:.2f} "
+            f"| {a['drop_pruned_mean']:.2f} "
+            f"| {100 * a['accuracy_finetuned_mean']:.2f} ± {100 * a['accuracy_finetuned_std']:.2f} "
+            f"| {a['drop_finetuned_mean']:.2f} ± {a['drop_finetuned_std']:.2f} "
+            f"| {a['flop_ratio_mean']:.3f} | {units_s} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = run(args)
+    cache = args.out / "cache" / config_id(args)
+    dense = [json.loads(f.read_text()) for f in sorted(cache.glob("dense-s*.json"))][: args.seeds]
+    agg = aggregate(results)
+    title = (f"Accuracy vs sparsity, {args.dataset}, {args.limit or 'all'} train images, "
+             f"{args.epochs} epochs + {args.finetune} fine-tune, {args.seeds} seed(s)")  # fmt: skip
+    table = markdown(agg, dense, title)
+    command = "python benchmarks/accuracy_vs_sparsity.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    (args.out / "results.json").write_text(json.dumps(
+        {"command": command.strip(), "config": {k: str(v) for k, v in vars(args).items()},
+         "dense": dense, "aggregate": agg, "results": results,
+         "wall_seconds": time.perf_counter() - started}, indent=1))  # fmt: skip
+    (args.out / "table.md").write_text(f"Command: `{command.strip()}`\n\n{table}\n")
+    weight_rows = [a for a in agg if a["metric"] == "weights"]
+    if weight_rows:
+        plot.accuracy_drop_figure(weight_rows, args.out / "accuracy_drop.png")
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

