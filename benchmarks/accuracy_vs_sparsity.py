@@ -44,12 +44,12 @@ VARIANTS = {
     "gss-scale-invariant": R("gss", lasso=2e-3, variance=1e-3, attention="scale_invariant"),
     "gss-warmup": R("gss", lasso=2e-3, variance=1e-2, warmup=2),
     "gss-fraction": R("gss", lasso=2e-3, variance=2e-3, attention="fraction", keep=0.25),
-    "ssl-proximal": R("group-lasso", lasso=2e-3, proximal=5e-5),
-    "ssl-hybrid": R("group-lasso", lasso=2e-3, ranking="hybrid", min_live_groups=4),
-    "recipe": R("group-lasso", lasso=2e-3, proximal=5e-5, ranking="hybrid", min_live_groups=4),
+    "ssl-proximal": R("group-lasso", lasso=2e-3, proximal=2e-5, min_live_groups=4),
+    "ssl-auto": R("group-lasso", lasso=2e-3, ranking="auto", min_live_groups=4),
+    "recipe": R("group-lasso", lasso=2e-3, proximal=2e-5, ranking="auto", min_live_groups=4),
 }
 CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
-ABLATION = ["gss-scale-invariant", "gss-warmup", "gss-fraction", "ssl-proximal", "ssl-hybrid"]
+ABLATION = ["gss-scale-invariant", "gss-warmup", "gss-fraction", "ssl-proximal", "ssl-auto"]
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 ABLATION_LEVELS = [0.8, 0.9, 0.95]
 FLOP_LEVELS = [0.85]
@@ -95,18 +95,18 @@ def config_id(args) -> str:
 
 
 def plan(args):
-    """(method, level, metric) jobs for one seed."""
+    """(seed, method, level, metric) jobs: the core comparison for every seed first,
+    then the ablation, so that an interrupted run has complete core results."""
     jobs = []
-    for method in args.methods:
-        recipe = VARIANTS[method]
-        if method == "dense":
-            continue
-        levels = args.levels
-        if method not in CORE:
-            levels = [lv for lv in args.levels if lv in ABLATION_LEVELS] or args.levels
-        jobs += [(method, lv, "weights") for lv in levels]
-        if recipe.structured:
-            jobs += [(method, lv, "flops") for lv in FLOP_LEVELS]
+    for phase in (CORE, ABLATION):
+        for seed in range(args.seeds):
+            for method in [m for m in args.methods if m in phase and m != "dense"]:
+                levels = args.levels
+                if phase is ABLATION:
+                    levels = [lv for lv in args.levels if lv in ABLATION_LEVELS] or args.levels
+                jobs += [(seed, method, lv, "weights") for lv in levels]
+                if VARIANTS[method].structured:
+                    jobs += [(seed, method, lv, "flops") for lv in FLOP_LEVELS]
     return jobs
 
 
@@ -127,7 +127,7 @@ def run(args) -> list[dict]:
     fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": 0}
     results = []
     jobs = plan(args)
-    total = args.seeds * (len(jobs) + 1)
+    total = len(jobs) + args.seeds
     done = 0
     started = time.perf_counter()
 
@@ -135,69 +135,77 @@ def run(args) -> list[dict]:
         elapsed = time.perf_counter() - started
         print(f"[{done}/{total} | {elapsed / 60:5.1f} min] {msg}", flush=True)
 
-    for seed in range(args.seeds):
+    def trained(method, seed):
+        """A model of this method and seed, trained (from the weight cache if there)."""
+        source = "dense" if method == "magnitude" else method
+        keras.utils.set_random_seed(seed)
+        model = models.lenet()
+        path = weights_dir / f"{source}-s{seed}.weights.h5"
+        if path.exists():
+            model.load_weights(path)
+            return model, 0.0
+        t0 = time.perf_counter()
+        experiment.train(model, VARIANTS[source], x, y, args.epochs, **fit)
+        model.save_weights(path)
+        return model, time.perf_counter() - t0
 
-        def trained(method, seed=seed):
-            """A model of this method and seed, trained (from the weight cache if there)."""
-            recipe = VARIANTS["dense" if method == "magnitude" else method]
-            keras.utils.set_random_seed(seed)
-            model = models.lenet()
-            path = (
-                weights_dir / f"{method if method != 'magnitude' else 'dense'}-s{seed}.weights.h5"
-            )
-            if path.exists():
-                model.load_weights(path)
-                return model, 0.0
-            t0 = time.perf_counter()
-            experiment.train(model, recipe, x, y, args.epochs, **fit)
-            model.save_weights(path)
-            return model, time.perf_counter() - t0
+    dense_results: dict[int, dict] = {}
 
-        dense_file = cache / f"dense-s{seed}.json"
-        if dense_file.exists():
-            dense = json.loads(dense_file.read_text())
+    def dense_result(seed):
+        nonlocal done
+        if seed in dense_results:
+            return dense_results[seed]
+        file = cache / f"dense-s{seed}.json"
+        if file.exists():
+            dense = json.loads(file.read_text())
         else:
-            model, seconds = trained("dense")
+            model, seconds = trained("dense", seed)
             accuracy = experiment.accuracy(model, xt, yt)
             dense = {"method": "dense", "seed": seed, "accuracy": accuracy,
                      "train_seconds": seconds, **model_stats(model).to_dict()}  # fmt: skip
-            dense_file.write_text(json.dumps(dense, indent=1))
+            file.write_text(json.dumps(dense, indent=1))
+        dense_results[seed] = dense
         done += 1
         progress(f"seed {seed} dense accuracy {dense['accuracy']:.4f}")
-        for method, level, metric in jobs:
-            key = level_key(level, metric)
-            file = cache / f"{method}-s{seed}-{key}.json"
-            if file.exists():
-                row = json.loads(file.read_text())
-            else:
-                recipe = VARIANTS[method]
-                model, seconds = trained(method)
-                if metric == "flops":
-                    recipe = experiment.Recipe(**{**recipe.to_dict(), "metric": "flops"})
-                report = experiment.prune_to(model, recipe, level)
-                pruned = experiment.accuracy(model, xt, yt)
-                t0 = time.perf_counter()
-                experiment.finetune(model, x, y, args.finetune, **fit)
-                finetuned = experiment.accuracy(model, xt, yt)
-                stats = model_stats(model)
-                row = {
-                    "method": method, "seed": seed, "level": level, "metric": metric, "key": key,
-                    "recipe": recipe.to_dict(), "sparsity": report.sparsity,
-                    "accuracy_pruned": pruned, "accuracy_finetuned": finetuned,
-                    "dense_accuracy": dense["accuracy"],
-                    "drop_pruned": 100 * (dense["accuracy"] - pruned),
-                    "drop_finetuned": 100 * (dense["accuracy"] - finetuned),
-                    "flop_ratio": stats.flop_ratio, "live_params": stats.live_params,
-                    "live_units": live_units(model) if recipe.structured else None,
-                    "train_seconds": seconds, "finetune_seconds": time.perf_counter() - t0,
-                }  # fmt: skip
-                file.write_text(json.dumps(row, indent=1))
-            results.append(row)
-            done += 1
-            progress(
-                f"seed {seed} {method:20s} {key}: pruned {row['accuracy_pruned']:.4f} "
-                f"fine-tuned {row['accuracy_finetuned']:.4f} FLOPs {row['flop_ratio']:.3f}"
-            )
+        return dense
+
+    for seed in range(args.seeds):
+        dense_result(seed)
+    for seed, method, level, metric in jobs:
+        dense = dense_result(seed)
+        key = level_key(level, metric)
+        file = cache / f"{method}-s{seed}-{key}.json"
+        if file.exists():
+            row = json.loads(file.read_text())
+        else:
+            recipe = VARIANTS[method]
+            model, seconds = trained(method, seed)
+            if metric == "flops":
+                recipe = experiment.Recipe(**{**recipe.to_dict(), "metric": "flops"})
+            report = experiment.prune_to(model, recipe, level)
+            pruned = experiment.accuracy(model, xt, yt)
+            t0 = time.perf_counter()
+            experiment.finetune(model, x, y, args.finetune, **fit)
+            finetuned = experiment.accuracy(model, xt, yt)
+            stats = model_stats(model)
+            row = {
+                "method": method, "seed": seed, "level": level, "metric": metric, "key": key,
+                "recipe": recipe.to_dict(), "sparsity": report.sparsity,
+                "accuracy_pruned": pruned, "accuracy_finetuned": finetuned,
+                "dense_accuracy": dense["accuracy"],
+                "drop_pruned": 100 * (dense["accuracy"] - pruned),
+                "drop_finetuned": 100 * (dense["accuracy"] - finetuned),
+                "flop_ratio": stats.flop_ratio, "live_params": stats.live_params,
+                "live_units": live_units(model) if recipe.structured else None,
+                "train_seconds": seconds, "finetune_seconds": time.perf_counter() - t0,
+            }  # fmt: skip
+            file.write_text(json.dumps(row, indent=1))
+        results.append(row)
+        done += 1
+        progress(
+            f"seed {seed} {method:20s} {key}: pruned {row['accuracy_pruned']:.4f} "
+            f"fine-tuned {row['accuracy_finetuned']:.4f} FLOPs {row['flop_ratio']:.3f}"
+        )
     return results
 
 

@@ -225,6 +225,14 @@ def layer_group_norms(layer: keras.layers.Layer) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(norms), dtype=np.float64)
 
 
+def layer_group_nonzeros(layer: keras.layers.Layer) -> np.ndarray:
+    """Number of non-zero entries in each group of a layer's grouped weight."""
+    spec = get_spec(layer)
+    weight = ops.cast(ops.not_equal(layer_weight(layer, spec).value, 0), "float32")
+    counts = ops.sum(_as_matrix(weight, spec.axis, f"Layer '{layer.name}'"), axis=0)
+    return np.asarray(ops.convert_to_numpy(counts)).astype(np.int64)
+
+
 def iter_layers(model: keras.layers.Layer) -> Iterable[keras.layers.Layer]:
     """Every layer inside `model`, nested models expanded, each once."""
     seen: set[int] = set()

@@ -8,9 +8,11 @@ lowest score up:
   comparable across layers of different fan-in (the default).
 - `"norm"`: the plain L2 norm `||W_g||`.
 - `"hybrid"`: rms divided by (fraction of all weights + fraction of all FLOPs
-  that removing the group frees, counting the input slices of its consumers):
-  a cost-aware ranking that prefers groups that are both weak and expensive.
+  that the group's own slice holds): a cost-aware ranking that prefers groups
+  that are both weak and expensive.
 - `"flops"`: rms divided by the fraction of FLOPs freed.
+- `"auto"`: `"rms"` for weight targets, `"hybrid"` for FLOP targets (what the
+  benchmark measured to work best for each).
 
 Targets are a fraction of zero prunable kernel weights (`metric="weights"`) or
 a fraction of FLOPs removed (`metric="flops"`, FLOPs left <= 1 - target).
@@ -30,7 +32,7 @@ from keras_gss.attach import reset_traced_functions
 from keras_gss.constraints import ElementMask, GroupMask
 from keras_gss.report import SparsityReport, measure_layer
 
-RANKINGS = ("rms", "norm", "hybrid", "flops")
+RANKINGS = ("rms", "norm", "hybrid", "flops", "auto")
 METRICS = ("weights", "flops")
 
 
@@ -74,7 +76,7 @@ def group_scores(
     scores = []
     total_w = sum(info.weights for info in infos)
     total_f = sum(info.dense_flops for info in infos) or 1.0
-    for i, (info, layer_norms) in enumerate(zip(infos, norms)):
+    for info, layer_norms in zip(infos, norms):
         if ranking == "norm":
             scores.append(layer_norms)
             continue
@@ -85,16 +87,11 @@ def group_scores(
         in_frac = 1.0
         if info.producer is not None:
             in_frac = live[info.producer] / infos[info.producer].groups
-        freed_w = info.group_size * in_frac
-        freed_f = info.dense_flops / info.groups * in_frac
-        for consumer, n_live in zip(infos, live):
-            if consumer.producer == i:
-                share = n_live / consumer.groups / info.groups
-                freed_w += consumer.weights * share
-                freed_f += consumer.dense_flops * share
-        cost = freed_f / total_f
+        # The layer's own share only: charging a group for its consumers' input
+        # slices too makes first layers look the most expensive and strips them.
+        cost = info.dense_flops / info.groups * in_frac / total_f
         if ranking == "hybrid":
-            cost += freed_w / total_w
+            cost += info.group_size * in_frac / total_w
         scores.append(rms / max(cost, 1e-30))
     return scores
 
@@ -138,8 +135,9 @@ def select(
     live = [int((m & ~d).sum()) for m, d in zip(masks, dead)]
     total_w = sum(row.weights for row in rows)
     dense_f = sum(info.dense_flops for info in infos)
+    nonzero = [groups.layer_group_nonzeros(info.layer) for info in infos]
     zero_w = sum(row.zero_weights for row in rows)
-    zero_w += sum(int(d.sum()) * info.group_size for d, info in zip(dead, infos))
+    zero_w += sum(int(n[d].sum()) for n, d in zip(nonzero, dead))
 
     def reached() -> bool:
         if metric == "flops":
@@ -148,6 +146,8 @@ def select(
 
     if reached():
         return dead
+    if ranking == "auto":
+        ranking = "hybrid" if metric == "flops" else "rms"
     scores = group_scores(infos, norms, live, ranking)
     candidates = []
     for i, (info, score) in enumerate(zip(infos, scores)):
@@ -163,7 +163,7 @@ def select(
             continue
         dead[i][g] = True
         live[i] -= 1
-        zero_w += infos[i].group_size
+        zero_w += int(nonzero[i][g])
     return dead
 
 
@@ -228,8 +228,8 @@ def prune(
             prunes by `threshold` only (default None).
         threshold: groups whose norm is at or below this are pruned (default 0).
         metric: `"weights"` or `"flops"` (default "weights").
-        ranking: `"rms"`, `"norm"`, `"hybrid"` or `"flops"` (default "rms"); see
-            the module docstring.
+        ranking: `"rms"`, `"norm"`, `"hybrid"`, `"flops"` or `"auto"` (default
+            "rms"); see the module docstring.
         freeze: hold pruned groups at zero in later training (default True).
         min_live_groups: live groups every layer keeps (default 1).
 

@@ -116,3 +116,13 @@ def test_bad_arguments():
         gss.prune(model, 1.5)
     with pytest.raises(ValueError, match="`target_sparsity`"):
         pruning.magnitude_prune(model, None)
+
+
+def test_target_counts_groups_that_are_already_zero_once():
+    model = mlp(hidden=(40, 30))
+    kernel = model.layers[0].kernel.numpy()
+    kernel[:, :20] = 0.0  # half of the first layer is already exactly zero
+    kernel[0, 25] = 0.0  # and one lone zero elsewhere
+    model.layers[0].kernel.assign(kernel)
+    report = gss.prune(model, target_sparsity=0.8)
+    assert 0.8 <= report.sparsity <= 0.8 + 40 / report.weights
