@@ -28,7 +28,7 @@ DEFAULTS = {
     "proximal": 5e-5,
     "threshold": 1e-3,
     "target_sparsity": 0.9,
-    "ranking": "hybrid",
+    "ranking": "auto",
     "metric": "weights",
     "finetune_epochs": 1.0,
     "limit": 10000,
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proximal", type=float, help="proximal step strength; 0 disables")
     p.add_argument("--threshold", type=float, help="group norm at or below which a group is zero")
     p.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to zero")
-    p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops"])
+    p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops", "auto"])
     p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--limit", type=int, help="training images (0 = all)")

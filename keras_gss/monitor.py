@@ -65,7 +65,7 @@ class SparsityMonitor(keras.callbacks.Callback):
             (default 1).
         relative_threshold: also prune groups whose norm is at or below this
             fraction of the largest group norm of their layer (default None).
-        ranking: `"rms"`, `"norm"`, `"hybrid"` or `"flops"` (default "rms").
+        ranking: `"rms"`, `"norm"`, `"hybrid"`, `"flops"` or `"auto"` (default "rms").
         metric: what `target_sparsity` counts, `"weights"` or `"flops"`
             (default "weights").
 

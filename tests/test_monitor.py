@@ -160,3 +160,27 @@ def test_model_without_prunable_layers_is_rejected():
     model.compile("adam", "mse")
     with pytest.raises(ValueError, match="no prunable layer"):
         model.fit(np.ones((4, 4)), np.ones((4, 4)), verbose=0, callbacks=[gss.SparsityMonitor()])
+
+
+def test_flop_target_with_hybrid_ranking(toy_data):
+    x, y = toy_data
+    model = compile_classifier(gss.attach(mlp(), gss.GroupLasso(1e-3)))
+    monitor = gss.SparsityMonitor(target_sparsity=0.6, metric="flops", ranking="hybrid", verbose=0)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor])
+    assert gss.model_stats(model).flop_ratio <= 0.4 + 1e-9
+    assert monitor.history[-1]["flop_ratio"] <= 0.4 + 1e-9
+
+
+def test_relative_threshold(toy_data):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+
+    class Weaken(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            kernel = self.model.layers[0].kernel.numpy()
+            kernel[:, [4, 9]] *= 0.2  # well under half of the largest group norm
+            self.model.layers[0].kernel.assign(kernel)
+
+    monitor = gss.SparsityMonitor(relative_threshold=0.5, verbose=0)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[Weaken(), monitor])
+    assert list(dead_groups(model.layers[0])) == [4, 9]

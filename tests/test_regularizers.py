@@ -200,3 +200,43 @@ def test_rank_below_two_is_rejected():
         gss.GroupLasso()(np.ones((4,), "float32"))
     with pytest.raises(ValueError, match="out of range"):
         gss.GroupLasso(group_axis=-3)(np.ones((4, 2), "float32"))
+
+
+def np_scale_invariant(w, strength, eps):
+    sq = np_group_norms(w, (-1,)) ** 2
+    return strength * sq.mean() ** 2 / (sq.var() + eps)
+
+
+def np_fraction(w, strength, eps, keep):
+    norms = np.sort(np_group_norms(w, (-1,)))
+    top = max(1, min(len(norms) - 1, round(keep * len(norms))))
+    return strength * norms[: len(norms) - top].sum() / (norms[len(norms) - top :].mean() + eps)
+
+
+def test_attention_forms_match_numpy():
+    w = np.random.default_rng(6).normal(size=(7, 12)).astype("float32")
+    reg = gss.GuidedStructuredSparsity(lasso=0.0, variance=0.3, epsilon=1e-6,
+                                       attention="scale_invariant")  # fmt: skip
+    np.testing.assert_allclose(float(reg(w)), np_scale_invariant(w, 0.3, 1e-6), rtol=1e-4)
+    reg = gss.GuidedStructuredSparsity(lasso=0.1, variance=0.3, epsilon=1e-6,
+                                       attention="fraction", keep=0.25)  # fmt: skip
+    expected = np_lasso(w, 0.1) + np_fraction(w, 0.3, 1e-6, 0.25)
+    np.testing.assert_allclose(float(reg(w)), expected, rtol=1e-4)
+    # scale invariance: rescaling the kernel leaves the term unchanged
+    reg = gss.GuidedStructuredSparsity(lasso=0.0, variance=1.0, attention="scale_invariant")
+    np.testing.assert_allclose(float(reg(w)), float(reg(w * 10)), rtol=1e-3)
+
+
+def test_fraction_attention_gradient_only_hits_the_weak_tail():
+    w = np.random.default_rng(7).normal(size=(5, 8)).astype("float32")
+    w[:, :2] *= 10  # two clearly strong groups: keep=0.25 of 8
+    reg = gss.GuidedStructuredSparsity(lasso=0.0, variance=1.0, attention="fraction", keep=0.25)
+    _, grad = value_and_grad(reg, w)
+    assert np.all(grad[:, :2] == 0) and np.all(np.abs(grad[:, 2:]).sum(axis=0) > 0)
+
+
+def test_attention_arguments_validated():
+    with pytest.raises(ValueError, match="`attention`"):
+        gss.GuidedStructuredSparsity(attention="softmax")
+    with pytest.raises(ValueError, match="`keep`"):
+        gss.GuidedStructuredSparsity(keep=1.0)
