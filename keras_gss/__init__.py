@@ -10,6 +10,7 @@ Example:
 
 from keras_gss import datasets, graph, groups, models, pruning
 from keras_gss.attach import attach, detach
+from keras_gss.compact import compact, register_compaction
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
 from keras_gss.groups import GroupSpec, register_layer
 from keras_gss.monitor import SparsityMonitor
@@ -38,6 +39,7 @@ __all__ = [
     "SparsityMonitor",
     "SparsityReport",
     "attach",
+    "compact",
     "datasets",
     "detach",
     "graph",
@@ -46,6 +48,7 @@ __all__ = [
     "models",
     "prune",
     "pruning",
+    "register_compaction",
     "register_layer",
     "sparsity_report",
 ]

@@ -141,6 +141,7 @@ def run_train(args) -> dict:
             begin_epoch=min(1, args.epochs - 1),
             ranking=args.ranking,
             metric=args.metric,
+            min_live_groups=4,
             verbose=verbose,
         )
         with timer("train"):

@@ -38,7 +38,7 @@ def register_channel_preserving(*layer_classes: type) -> None:
 def _builtin_channel_preserving() -> None:
     L = keras.layers
     names = [
-        "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Dropout",
+        "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Dropout",
         "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
         "GaussianDropout", "AlphaDropout", "BatchNormalization", "Flatten", "Identity",
         "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",

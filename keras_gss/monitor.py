@@ -68,6 +68,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         ranking: `"rms"`, `"norm"`, `"hybrid"`, `"flops"` or `"auto"` (default "rms").
         metric: what `target_sparsity` counts, `"weights"` or `"flops"`
             (default "weights").
+        min_live_groups: live groups every non-output layer keeps (default 1).
 
     Example:
 
@@ -93,6 +94,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         relative_threshold: float | None = None,
         ranking: str = "rms",
         metric: str = "weights",
+        min_live_groups: int = 1,
     ):
         super().__init__()
         self.threshold = non_negative("threshold", threshold)
@@ -111,6 +113,12 @@ class SparsityMonitor(keras.callbacks.Callback):
                 f"cannot reach a target. Received: target_sparsity={target_sparsity}, "
                 "prune=False"
             )
+        if not isinstance(min_live_groups, int) or min_live_groups < 1:
+            raise ValueError(
+                "Invalid value for argument `min_live_groups`. Expected an int >= 1. "
+                f"Received: min_live_groups={min_live_groups!r}"
+            )
+        self.min_live_groups = min_live_groups
         self.prune = bool(prune)
         self.freeze = bool(freeze)
         self.begin_epoch = begin_epoch
@@ -146,7 +154,7 @@ class SparsityMonitor(keras.callbacks.Callback):
             target = self._target_at(epoch)
             dead = pruning.select(
                 self._infos, rows, norms, self.threshold, self.relative_threshold,
-                target, self.metric, self.ranking,
+                target, self.metric, self.ranking, self.min_live_groups,
             )  # fmt: skip
             if any(d.any() for d in dead):
                 self._apply(dead)

@@ -47,6 +47,8 @@ def norm_histogram(ax, norms: Mapping[str, np.ndarray], floor: float = 1e-6) -> 
     for label, v in values.items():
         ax.hist(v, bins=bins, alpha=0.55, label=label)
     ax.set_xscale("log")
+    ax.annotate("exactly 0", (floor, 0), xytext=(0, -28), textcoords="offset points",
+                ha="center", fontsize="small")  # fmt: skip
     ax.set(xlabel="group norm / sqrt(group size)", ylabel="groups")
     ax.set_title("Group norms (all prunable layers)")
     ax.legend(fontsize="small")

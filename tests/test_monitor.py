@@ -147,6 +147,10 @@ def test_nan_weights_stop_with_the_layer_name(toy_data):
         ({"target_sparsity": 1.0}, "target_sparsity"),
         ({"target_sparsity": -0.1}, "target_sparsity"),
         ({"begin_epoch": -1}, "begin_epoch"),
+        ({"min_live_groups": 0}, "min_live_groups"),
+        ({"ranking": "best"}, "ranking"),
+        ({"metric": "bytes"}, "metric"),
+        ({"relative_threshold": 1.5}, "relative_threshold"),
         ({"target_sparsity": 0.5, "prune": False}, "target_sparsity"),
     ],
 )

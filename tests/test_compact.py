@@ -1,0 +1,192 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_gss as gss
+
+L = keras.layers
+
+
+def kill(layer, ids, bias=True):
+    """Zero the groups `ids` of a layer (kernel slices and, if asked, bias entries)."""
+    spec = gss.groups.get_spec(layer)
+    weight = getattr(layer, spec.weight)
+    mask = np.ones(gss.groups.group_shape(tuple(weight.shape), spec.axis)[0], "float32")
+    mask[ids] = 0
+    weight.assign(weight.value * gss.groups.broadcast_mask(mask, tuple(weight.shape), spec.axis))
+    if bias and getattr(layer, "bias", None) is not None:
+        layer.bias.assign(layer.bias.value * mask)
+
+
+def randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if "moving_variance" in w.path:
+            w.assign(rng.uniform(0.5, 2.0, size=w.shape).astype("float32"))
+        else:
+            w.assign(rng.normal(scale=0.3, size=w.shape).astype("float32"))
+
+
+def assert_same_function(model, compact, input_shape):
+    x = np.random.default_rng(1).normal(size=(6, *input_shape)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    got = compact.predict(x, verbose=0)
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert np.abs(got - expected).max() <= 1e-5 * scale
+
+
+def test_lenet_exact_and_params_match_stats():
+    model = gss.models.lenet()
+    gss.prune(model, target_sparsity=0.9, min_live_groups=4)
+    small = gss.compact(model)
+    assert_same_function(model, small, (28, 28, 1))
+    assert small.count_params() == gss.model_stats(model).live_params < model.count_params()
+    assert small.get_layer("fc1").units < 512 and small.get_layer("logits").units == 10
+
+
+def test_mlp_and_saving_without_keras_gss(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((12,)),
+            L.Dense(16, activation="relu", name="a"),
+            L.Dense(8, activation="tanh", name="b"),
+            L.Dense(3, name="out"),
+        ]
+    )
+    gss.attach(model)
+    randomize(model)
+    kill(model.get_layer("a"), [0, 3, 5])
+    kill(model.get_layer("b"), [1])
+    gss.prune(model, threshold=0.0)  # installs GroupMask constraints: they must not leak
+    small = gss.compact(model)
+    assert (small.get_layer("a").units, small.get_layer("b").units) == (13, 7)
+    assert_same_function(model, small, (12,))
+    assert "keras_gss" not in json.dumps(small.get_config())
+    path = tmp_path / "small.keras"
+    small.save(path)
+    np.testing.assert_array_equal(
+        keras.models.load_model(path).predict(np.ones((2, 12)), verbose=0),
+        small.predict(np.ones((2, 12)), verbose=0),
+    )
+
+
+@pytest.mark.parametrize(
+    "conv,shape",
+    [(L.Conv1D, (12, 3)), (L.Conv3D, (6, 6, 6, 2))],
+    ids=["conv1d", "conv3d"],
+)
+def test_conv1d_and_conv3d(conv, shape):
+    model = keras.Sequential(
+        [
+            keras.Input(shape),
+            conv(6, 3, activation="relu", name="c1"),
+            conv(5, 3, name="c2"),
+            L.Flatten(),
+            L.Dense(4, name="out"),
+        ]
+    )
+    randomize(model)
+    kill(model.get_layer("c1"), [1, 2])
+    kill(model.get_layer("c2"), [0])
+    small = gss.compact(model)
+    assert (small.get_layer("c1").filters, small.get_layer("c2").filters) == (4, 4)
+    assert_same_function(model, small, shape)
+
+
+def test_batchnorm_between_conv_and_activation():
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(6, 3, padding="same", use_bias=False, name="c1")(inputs)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.Activation("relu")(h)
+    h = L.MaxPooling2D()(h)
+    out = L.Dense(3, name="out")(L.Flatten()(h))
+    model = keras.Model(inputs, out)
+    randomize(model)
+    bn = model.get_layer("bn")
+    beta, mean = bn.beta.numpy(), bn.moving_mean.numpy()
+    beta[[1, 4]] = 0.0  # channels 1 and 4: BN maps 0 -> 0, removable
+    mean[[1, 4]] = 0.0
+    bn.beta.assign(beta)
+    bn.moving_mean.assign(mean)
+    kill(model.get_layer("c1"), [1, 2, 4])  # channel 2: BN shifts it, must stay
+    small = gss.compact(model)
+    assert small.get_layer("c1").filters == 4 and small.get_layer("bn").gamma.shape == (4,)
+    assert_same_function(model, small, (8, 8, 3))
+
+
+def test_residual_add_and_concatenate_stay_exact():
+    inputs = keras.Input((6, 6, 4))
+    a = L.Conv2D(4, 3, padding="same", name="a")(inputs)
+    res = L.Add()([a, inputs])
+    b = L.Conv2D(5, 1, name="b")(res)
+    c = L.Conv2D(3, 1, name="c")(res)
+    cat = L.Concatenate()([b, c])
+    d = L.Conv2D(4, 1, activation="relu", name="d")(cat)
+    out = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(d))
+    model = keras.Model(inputs, out)
+    randomize(model)
+    for name, ids in (("a", [0]), ("b", [1]), ("c", [2]), ("d", [3])):
+        kill(model.get_layer(name), ids)
+    small = gss.compact(model)
+    assert small.get_layer("a").filters == 4  # feeds an Add: kept
+    assert small.get_layer("b").filters == 5 and small.get_layer("c").filters == 3  # Concatenate
+    assert small.get_layer("d").filters == 3  # free to shrink
+    assert_same_function(model, small, (6, 6, 4))
+
+
+def test_separable_depthwise_and_transpose():
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2DTranspose(6, 3, activation="relu", name="up")(inputs)
+    h = L.Conv2D(5, 1, name="mix")(h)
+    h = L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(h)
+    h = L.SeparableConv2D(4, 3, name="sep")(h)
+    out = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, out)
+    randomize(model)
+    kill(model.get_layer("up"), [0, 5])
+    kill(model.get_layer("mix"), [2])
+    kill(model.get_layer("sep"), [1])
+    small = gss.compact(model)
+    assert small.get_layer("up").filters == 4
+    assert small.get_layer("mix").filters == 5  # feeds a depthwise conv: kept
+    assert_same_function(model, small, (8, 8, 3))
+
+
+def test_all_but_one_dead_and_nonzero_bias_kept():
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            L.Dense(6, activation="relu", name="a"),
+            L.Dense(4, activation="sigmoid", name="s"),
+            L.Dense(2, name="out"),
+        ]
+    )
+    randomize(model)
+    kill(model.get_layer("a"), [0, 1, 2, 3, 4])
+    kill(model.get_layer("s"), [0], bias=False)  # sigmoid(0) = 0.5: not removable
+    kernel = model.get_layer("a").kernel.numpy()
+    small = gss.compact(model)
+    assert small.get_layer("a").units == 1 and small.get_layer("s").units == 4
+    assert np.abs(kernel[:, 5]).sum() > 0
+    assert_same_function(model, small, (5,))
+
+
+def test_unsupported_models_are_named():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(np.ones((1, 3), "float32"))
+    with pytest.raises(TypeError, match="subclassed"):
+        gss.compact(net)
+    inner = keras.Sequential([keras.Input((3,)), L.Dense(2)], name="inner")
+    inputs = keras.Input((3,))
+    with pytest.raises(TypeError, match="'inner'"):
+        gss.compact(keras.Model(inputs, inner(inputs)))
