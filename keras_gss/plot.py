@@ -93,3 +93,17 @@ def accuracy_drop_figure(rows: Sequence[Mapping], path, stage: str = "finetuned"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
+
+
+def dense_vs_compact(axes, rows: Mapping[str, Mapping[str, float]]) -> None:
+    """One bar chart per quantity (e.g. parameters, FLOPs, latency), one bar per model.
+
+    `rows` maps a model label to {quantity: value}; `axes` holds one axis per quantity.
+    """
+    labels = list(rows)
+    quantities = list(next(iter(rows.values())))
+    for ax, quantity in zip(np.atleast_1d(axes), quantities):
+        values = [rows[label][quantity] for label in labels]
+        bars = ax.bar(labels, values, color=["#8c8c8c", "#2a9d8f", "#e76f51"][: len(labels)])
+        ax.bar_label(bars, fmt="%.3g", fontsize="small")
+        ax.set_title(quantity)
