@@ -1,9 +1,10 @@
-"""Writes notebooks/walkthrough.ipynb (cells only); run it, then execute the notebook:
+"""Writes notebooks/walkthrough.ipynb; with --execute, also runs it and keeps its outputs
+(minus TensorFlow's start-up log lines):
 
-python notebooks/make_walkthrough.py
-jupyter nbconvert --to notebook --execute --inplace notebooks/walkthrough.ipynb
+    python notebooks/make_walkthrough.py --execute
 """
 
+import sys
 from pathlib import Path
 
 import nbformat as nbf
@@ -150,8 +151,35 @@ for f in ("walkthrough_pruned.keras", "walkthrough_compact.keras"):
   sparsity, with an ablation of every lever; results in `benchmarks/results/`.
 - The README: the API of every public name, how to choose coefficients, limitations."""),
 ]
-nb = nbf.v4.new_notebook(
-    cells=cells,
-    metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-)
-Path(__file__).with_name("walkthrough.ipynb").write_text(nbf.writes(nb))
+NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "To enable the")
+
+
+def strip_noise(nb) -> None:
+    """Drop TensorFlow's C++ start-up lines from stderr outputs."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("name") == "stderr":
+                lines = out["text"].splitlines(True)
+                out["text"] = "".join(ln for ln in lines if not any(n in ln for n in NOISE))
+                if not out["text"].strip():
+                    continue
+            kept.append(out)
+        cell.outputs = kept
+
+
+if __name__ == "__main__":
+    path = Path(__file__).with_name("walkthrough.ipynb")
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": kernel})
+    if "--execute" in sys.argv:
+        import nbclient
+
+        resources = {"metadata": {"path": str(path.parent)}}
+        nbclient.NotebookClient(
+            nb, timeout=900, kernel_name="python3", resources=resources
+        ).execute()
+        strip_noise(nb)
+    path.write_text(nbf.writes(nb))
