@@ -4,11 +4,13 @@ A dead output unit/filter of a prunable layer is removed together with its bias
 entry, the per-channel weights of batch normalization layers it passes through,
 and the input slices of the layers that consume it (through activations,
 pooling, dropout, padding and Flatten, whose channels-last order puts channel
-`c` of position `p` at row `p * C + c`). Exactness comes first: a unit is kept
-when its output is not exactly zero (a non-zero bias, an activation with
-`f(0) != 0`, a batch normalization that shifts it) or when it reaches anything
-whose channels cannot be sliced (Add, Concatenate, Reshape, depthwise or
-separable convolutions, a model output); such layers are copied unchanged.
+`c` of position `p` at row `p * C + c`). Element-wise merges (Add, Multiply, ...)
+keep the union of the channels live in any of their inputs; Concatenate offsets
+each input's kept channels. Exactness comes first: a unit is kept when its
+output is not exactly zero (a non-zero bias, an activation with `f(0) != 0`, a
+batch normalization that shifts it) or when its channels reach anything that
+cannot be sliced (a Reshape, a depthwise or separable convolution, a model
+output, an unknown layer); such layers are copied unchanged.
 
 The result holds only standard Keras layers (keras-gss regularizers and
 constraints are dropped), so it loads where keras-gss is not installed.
@@ -62,23 +64,10 @@ _register_builtins()
 _NONLOCAL_ACTIVATIONS = {"softmax", "log_softmax"}
 
 
-def _node(layer):
-    nodes = getattr(layer, "_inbound_nodes", None) or []
-    return nodes[0] if len(nodes) == 1 else None
-
-
-def _consumers(model: keras.Model) -> dict[int, list]:
-    """For each layer id: the layers that take its output as input."""
-    result: dict[int, list] = {}
-    for layer in model.layers:
-        node = _node(layer)
-        if node is None:
-            continue
-        for tensor in keras.tree.flatten(node.input_tensors):
-            history = getattr(tensor, "_keras_history", None)
-            if history is not None:
-                result.setdefault(id(history[0]), []).append(layer)
-    return result
+def _merges(layer) -> bool:
+    """Element-wise merges: output channel c depends on channel c of every input."""
+    L = keras.layers
+    return isinstance(layer, (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum))
 
 
 def _maps_zero_to_zero(layer) -> bool:
@@ -100,30 +89,106 @@ def _bn_shift(layer) -> np.ndarray:
     return beta - gamma * mean / np.sqrt(var + layer.epsilon)
 
 
+def _inputs(layer) -> list | None:
+    """The layers feeding `layer` (None when it is called more than once)."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if len(nodes) != 1:
+        return None
+    ops_ = []
+    for tensor in keras.tree.flatten(nodes[0].input_tensors):
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        ops_.append(history[0])
+    return ops_
+
+
+def _channels(layer) -> int:
+    return int(layer.output.shape[-1])
+
+
 class _Plan:
-    """Which output units each layer keeps, and which layers slice their inputs."""
+    """Which channels every layer output keeps.
+
+    Layer outputs whose channels must be kept or removed together form a *space*
+    (joined through channel-preserving layers and element-wise merges such as
+    Add). A space keeps the union of the live units of the compactable layers
+    that produce it, and everything when anything in it cannot be sliced.
+    """
 
     def __init__(self, model: keras.Model, threshold: float):
-        self.infos = graph.describe(model)
-        self.index = {id(info.layer): i for i, info in enumerate(self.infos)}
-        consumers = _consumers(model)
-        outputs = {id(getattr(t, "_keras_history", [None])[0]) for t in model.outputs}
-        self.keep: dict[int, np.ndarray] = {}  # prunable layer id -> kept unit indices
-        self.channel_layers: dict[int, int] = {}  # per-channel layer id -> producer index
-        for i, info in enumerate(self.infos):
-            norms = groups.layer_group_norms(info.layer)
-            live = norms > threshold
-            if info.is_output or _rule(info.layer) is None or live.all():
+        self.layers = list(model.layers)
+        self.parent = {id(layer): id(layer) for layer in self.layers}
+        self.by_id = {id(layer): layer for layer in self.layers}
+        self.inputs = {id(layer): _inputs(layer) for layer in self.layers}
+        infos = graph.describe(model)
+        self.info = {id(i.layer): i for i in infos}
+        outputs = {id(i.layer) for i in infos if i.is_output}
+        model_outputs = {id(t._keras_history[0]) for t in keras.tree.flatten(model.outputs)}
+        self.pinned: set[int] = set()
+        self.live: dict[int, np.ndarray] = {}  # compactable layer -> live units
+        self.shifted: dict[int, np.ndarray] = {}  # BatchNormalization -> channels it shifts
+        self.passthrough: set[int] = set()  # channel-preserving layers that slice through
+        for layer in self.layers:
+            key, inputs = id(layer), self.inputs[id(layer)]
+            if inputs is None or isinstance(layer, keras.layers.InputLayer):
+                self.pinned.add(key)
+                for source in inputs or []:
+                    self._pin_inputs_of(source, direct=True)
                 continue
-            live |= self._nonzero_output(info)
-            path = self._walk(info.layer, consumers, outputs, i, live)
-            if path is None or live.all():
+            if key in self.info and _rule(layer) is not None and key not in outputs:
+                live = groups.layer_group_norms(layer) > threshold
+                self.live[key] = live | self._nonzero_output(self.info[key])
                 continue
-            if not live.any():
-                live[np.argmax(norms)] = True  # a layer keeps at least one unit
-            self.keep[id(info.layer)] = np.flatnonzero(live)
-            for layer in path:
-                self.channel_layers[id(layer)] = i
+            if isinstance(layer, graph._CHANNEL_PRESERVING) and self._slices_through(layer):
+                self._union(key, id(inputs[0]))
+                self.passthrough.add(key)
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    self.shifted[key] = _bn_shift(layer) != 0
+                continue
+            if _merges(layer):
+                for source in inputs:
+                    self._union(key, id(source))
+                continue
+            if isinstance(layer, keras.layers.Concatenate) and layer.axis in (
+                -1,
+                len(layer.output.shape) - 1,
+            ):
+                continue  # its own space: channels are offsets into its inputs
+            # anything else (output layers, unknown or non-compactable layers) keeps
+            # its own channels and needs all channels of its inputs
+            self.pinned.add(key)
+            if key not in self.info or _rule(layer) is None:  # an output layer slices inputs
+                for source in inputs:
+                    self._pin_inputs_of(source, direct=True)
+        for key in model_outputs:
+            self._pin_inputs_of(self.by_id[key], direct=True)
+        self.keep_space = self._space_keeps()
+
+    # -- union-find over spaces ---------------------------------------------
+
+    def _find(self, key: int) -> int:
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def _union(self, a: int, b: int) -> None:
+        self.parent[self._find(a)] = self._find(b)
+
+    def _pin_inputs_of(self, layer, direct: bool) -> None:
+        """`layer`'s output channels must all stay (and so must a Concatenate's parts)."""
+        self.pinned.add(id(layer))
+        if isinstance(layer, keras.layers.Concatenate):
+            for source in self.inputs.get(id(layer)) or []:
+                self._pin_inputs_of(source, direct)
+
+    def _slices_through(self, layer) -> bool:
+        if not _maps_zero_to_zero(layer):
+            return False
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return layer.axis in (-1, len(layer.output.shape) - 1)
+        return not layer.weights  # a per-channel weight we do not know how to slice
 
     def _nonzero_output(self, info) -> np.ndarray:
         """Units whose output is not exactly zero even with a zero kernel slice."""
@@ -135,30 +200,57 @@ class _Plan:
             keep[:] = True
         return keep
 
-    def _walk(self, layer, consumers, outputs, producer, live):
-        """Channel-preserving layers fed by `layer`, or None if its channels are pinned."""
-        path, frontier = [], [layer]
-        while frontier:
-            current = frontier.pop()
-            if id(current) in outputs:
-                return None
-            for consumer in consumers.get(id(current), []):
-                if id(consumer) in self.index:
-                    info = self.infos[self.index[id(consumer)]]
-                    if info.producer != producer or _rule(consumer) is None:
-                        return None
-                    continue
-                if not isinstance(consumer, graph._CHANNEL_PRESERVING) or _node(consumer) is None:
-                    return None
-                if not _maps_zero_to_zero(consumer):
-                    return None
-                if isinstance(consumer, keras.layers.BatchNormalization):
-                    if consumer.axis not in (-1, len(consumer.input.shape) - 1):
-                        return None
-                    live |= _bn_shift(consumer) != 0
-                path.append(consumer)
-                frontier.append(consumer)
-        return path
+    def _space_keeps(self) -> dict[int, np.ndarray | None]:
+        members: dict[int, list[int]] = {}
+        for key in self.parent:
+            members.setdefault(self._find(key), []).append(key)
+        keeps: dict[int, np.ndarray | None] = {}
+        for root, keys in members.items():
+            owners = [k for k in keys if k in self.live]
+            if not owners or any(k in self.pinned for k in keys):
+                keeps[root] = None  # all channels
+                continue
+            live = np.zeros_like(self.live[owners[0]])
+            for k in owners:
+                live |= self.live[k]
+            for k in keys:
+                if k in self.shifted:
+                    live |= self.shifted[k]
+            if not live.any():
+                norms = groups.layer_group_norms(self.by_id[owners[0]])
+                live[np.argmax(norms)] = True  # a layer keeps at least one unit
+            keeps[root] = None if live.all() else np.flatnonzero(live)
+        return keeps
+
+    # -- what each layer output keeps ---------------------------------------
+
+    def keep(self, layer) -> np.ndarray | None:
+        """Kept channel indices of `layer`'s output (None: all of them)."""
+        key = id(layer)
+        if key not in self.parent:  # the model's inputs
+            return None
+        if isinstance(layer, keras.layers.Concatenate) and key not in self.pinned:
+            parts, offset, changed = [], 0, False
+            for source in self.inputs[key]:
+                width = _channels(source)
+                kept = self.keep(source)
+                changed |= kept is not None
+                parts.append(offset + (np.arange(width) if kept is None else kept))
+                offset += width
+            return np.concatenate(parts) if changed else None
+        if key in self.pinned or self.keep_space.get(self._find(key)) is None:
+            return None
+        if key in self.passthrough:
+            source = self.inputs[key][0]
+            kept = self.keep(source)
+            if kept is None or not isinstance(layer, keras.layers.Flatten):
+                return kept
+            return _input_rows(kept, _channels(source), _channels(layer))
+        return self.keep_space.get(self._find(key))
+
+    def input_keep(self, layer) -> np.ndarray | None:
+        inputs = self.inputs.get(id(layer))
+        return self.keep(inputs[0]) if inputs and len(inputs) == 1 else None
 
 
 def _slice(array: np.ndarray, axis: int, index: np.ndarray) -> np.ndarray:
@@ -223,8 +315,9 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
     def clone(layer):
         config = _clean_config(layer.get_config())
         rule = _rule(layer)
-        if id(layer) in plan.keep and rule is not None:
-            config[rule["size_arg"]] = int(plan.keep[id(layer)].size)
+        kept = plan.keep(layer) if id(layer) in plan.live else None
+        if rule is not None and kept is not None:
+            config[rule["size_arg"]] = int(kept.size)
         return type(layer).from_config(config)
 
     new = keras.models.clone_model(model, clone_function=clone)
@@ -235,26 +328,15 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
 
 def _new_weights(layer, plan: _Plan) -> list[np.ndarray]:
     weights = [np.asarray(ops.convert_to_numpy(w)) for w in layer.weights]
+    if isinstance(layer, keras.layers.BatchNormalization):
+        kept = plan.keep(layer)
+        return weights if kept is None else [_slice(w, -1, kept) for w in weights]
+    info, rule = plan.info.get(id(layer)), _rule(layer)
+    if info is None or rule is None:
+        return weights
     names = [w.path.split("/")[-1] for w in layer.weights]
-    if id(layer) in plan.channel_layers:  # per-channel layer (e.g. BatchNormalization)
-        producer = plan.infos[plan.channel_layers[id(layer)]].layer
-        keep = plan.keep[id(producer)]
-        return [_slice(w, -1, keep) if w.ndim == 1 else w for w in weights]
-    if id(layer) not in plan.index:
-        return weights
-    info = plan.infos[plan.index[id(layer)]]
-    rule = _rule(layer)
-    if rule is None:
-        return weights
-    out_keep = plan.keep.get(id(layer))
-    in_keep = None
-    if info.producer is not None:
-        producer = plan.infos[info.producer]
-        channels = plan.keep.get(id(producer.layer))
-        if channels is not None:
-            kernel = weights[names.index(info.spec.weight)]
-            inputs = kernel.shape[rule["in_axis"]]
-            in_keep = _input_rows(channels, producer.groups, inputs)
+    out_keep = plan.keep(layer) if id(layer) in plan.live else None
+    in_keep = plan.input_keep(layer)
     result = []
     for name, w in zip(names, weights):
         if name == info.spec.weight:

@@ -130,10 +130,29 @@ def test_residual_add_and_concatenate_stay_exact():
     for name, ids in (("a", [0]), ("b", [1]), ("c", [2]), ("d", [3])):
         kill(model.get_layer(name), ids)
     small = gss.compact(model)
-    assert small.get_layer("a").filters == 4  # feeds an Add: kept
-    assert small.get_layer("b").filters == 5 and small.get_layer("c").filters == 3  # Concatenate
-    assert small.get_layer("d").filters == 3  # free to shrink
+    assert small.get_layer("a").filters == 4  # added to the model input: all channels stay
+    assert small.get_layer("b").filters == 4 and small.get_layer("c").filters == 2  # offsets
+    assert small.get_layer("d").filters == 3
     assert_same_function(model, small, (6, 6, 4))
+
+
+def test_add_keeps_the_union_of_live_channels_and_dropout_after_flatten():
+    inputs = keras.Input((6, 6, 2))
+    a = L.Conv2D(5, 3, padding="same", name="a")(inputs)
+    b = L.Conv2D(5, 1, name="b")(inputs)
+    h = L.Activation("relu")(L.Add()([a, b]))
+    h = L.Dropout(0.3)(L.Flatten()(L.MaxPooling2D()(h)))
+    out = L.Dense(3, name="out")(L.Dense(6, activation="relu", name="fc")(h))
+    model = keras.Model(inputs, out)
+    randomize(model)
+    kill(model.get_layer("a"), [0, 1])
+    kill(model.get_layer("b"), [1, 2])
+    kill(model.get_layer("fc"), [4])
+    small = gss.compact(model)
+    assert small.get_layer("a").filters == 4 and small.get_layer("b").filters == 4  # 1 dead in both
+    assert small.get_layer("fc").units == 5
+    assert small.get_layer("fc").kernel.shape == (3 * 3 * 4, 5)
+    assert_same_function(model, small, (6, 6, 2))
 
 
 def test_separable_depthwise_and_transpose():
