@@ -95,18 +95,23 @@ def config_id(args) -> str:
 
 
 def plan(args):
-    """(seed, method, level, metric) jobs: the core comparison for every seed first,
-    then the ablation, so that an interrupted run has complete core results."""
+    """(seed, method, level, metric) jobs: every method for the first seed (so that one
+    complete comparison exists early), then the core methods for the other seeds, then
+    the ablation for them; an interrupted run resumes where it stopped."""
+    order = [(0, CORE), (0, ABLATION)]
+    order += [(seed, CORE) for seed in range(1, args.seeds)]
+    order += [(seed, ABLATION) for seed in range(1, args.seeds)]
     jobs = []
-    for phase in (CORE, ABLATION):
-        for seed in range(args.seeds):
-            for method in [m for m in args.methods if m in phase and m != "dense"]:
-                levels = args.levels
-                if phase is ABLATION:
-                    levels = [lv for lv in args.levels if lv in ABLATION_LEVELS] or args.levels
-                jobs += [(seed, method, lv, "weights") for lv in levels]
-                if VARIANTS[method].structured:
-                    jobs += [(seed, method, lv, "flops") for lv in FLOP_LEVELS]
+    for seed, phase in order:
+        if seed >= args.seeds:
+            continue
+        for method in [m for m in args.methods if m in phase and m != "dense"]:
+            levels = args.levels
+            if phase is ABLATION:
+                levels = [lv for lv in args.levels if lv in ABLATION_LEVELS] or args.levels
+            jobs += [(seed, method, lv, "weights") for lv in levels]
+            if VARIANTS[method].structured:
+                jobs += [(seed, method, lv, "flops") for lv in FLOP_LEVELS]
     return jobs
 
 
