@@ -134,7 +134,7 @@ class _Plan:
             if inputs is None or isinstance(layer, keras.layers.InputLayer):
                 self.pinned.add(key)
                 for source in inputs or []:
-                    self._pin_inputs_of(source, direct=True)
+                    self._pin_inputs_of(source)
                 continue
             if key in self.info and _rule(layer) is not None and key not in outputs:
                 live = groups.layer_group_norms(layer) > threshold
@@ -160,9 +160,9 @@ class _Plan:
             self.pinned.add(key)
             if key not in self.info or _rule(layer) is None:  # an output layer slices inputs
                 for source in inputs:
-                    self._pin_inputs_of(source, direct=True)
+                    self._pin_inputs_of(source)
         for key in model_outputs:
-            self._pin_inputs_of(self.by_id[key], direct=True)
+            self._pin_inputs_of(self.by_id[key])
         self.keep_space = self._space_keeps()
 
     # -- union-find over spaces ---------------------------------------------
@@ -176,12 +176,12 @@ class _Plan:
     def _union(self, a: int, b: int) -> None:
         self.parent[self._find(a)] = self._find(b)
 
-    def _pin_inputs_of(self, layer, direct: bool) -> None:
+    def _pin_inputs_of(self, layer) -> None:
         """`layer`'s output channels must all stay (and so must a Concatenate's parts)."""
         self.pinned.add(id(layer))
         if isinstance(layer, keras.layers.Concatenate):
             for source in self.inputs.get(id(layer)) or []:
-                self._pin_inputs_of(source, direct)
+                self._pin_inputs_of(source)
 
     def _slices_through(self, layer) -> bool:
         if not _maps_zero_to_zero(layer):

@@ -209,7 +209,8 @@ def model_stats(model: keras.Model, threshold: float = 0.0) -> ModelStats:
     FLOPs are 2 x the multiply-adds of each prunable layer's grouped weight per
     example (bias, activations and pooling left out). Live counts drop every group
     whose norm is at or below `threshold` (default 0: exactly zero), its bias, and
-    the input slices it fed in consumer layers (what `compact` removes).
+    the input slices it fed in consumer layers: what `compact` removes from chains
+    of layers (through Add or Concatenate `compact` may have to keep more).
 
     Example:
 

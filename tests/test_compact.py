@@ -3,6 +3,8 @@ import json
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import keras_gss as gss
 
@@ -209,3 +211,37 @@ def test_unsupported_models_are_named():
     inputs = keras.Input((3,))
     with pytest.raises(TypeError, match="'inner'"):
         gss.compact(keras.Model(inputs, inner(inputs)))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    kind=st.sampled_from(["dense", "conv"]),
+    widths=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    seed=st.integers(0, 1000),
+)
+def test_property_random_models_stay_exact(kind, widths, seed):
+    rng = np.random.default_rng(seed)
+    shape = (7,) if kind == "dense" else (6, 6, 2)
+    layers = [keras.Input(shape)]
+    for i, w in enumerate(widths):
+        if kind == "dense":
+            layers.append(L.Dense(w, activation="relu", name=f"h{i}"))
+        else:
+            layers.append(L.Conv2D(w, 3, padding="same", activation="relu", name=f"h{i}"))
+    if kind == "conv":
+        layers.append(L.Flatten())
+    layers.append(L.Dense(2, name="out"))
+    model = keras.Sequential(layers)
+    randomize(model, seed)
+    for i, w in enumerate(widths):
+        dead = rng.choice(w, size=rng.integers(0, w + 1), replace=False)
+        kill(model.get_layer(f"h{i}"), list(dead))
+    report = gss.sparsity_report(model, threshold=0.0)
+    for row in report.rows:
+        kernel = model.get_layer(row.layer).kernel.numpy()
+        norms = np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), axis=0)
+        assert row.zero_groups == int((norms == 0).sum())
+        assert row.zero_weights == int((kernel == 0).sum())
+    small = gss.compact(model)
+    assert_same_function(model, small, shape)
+    assert small.count_params() <= model.count_params()
