@@ -48,10 +48,12 @@ VARIANTS = {
     "ssl-auto": R("group-lasso", lasso=2e-3, ranking="auto", min_live_groups=4),
     "recipe": R("group-lasso", lasso=2e-3, proximal=2e-5, ranking="auto", min_live_groups=4),
     "recipe-weak": R("group-lasso", lasso=5e-4, proximal=1e-5, ranking="auto", min_live_groups=4),
+    "recipe-weaker": R("group-lasso", lasso=2e-4, proximal=5e-6, ranking="auto", min_live_groups=4),
 }
 CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
 ABLATION = [
-    "gss-scale-invariant", "gss-warmup", "gss-fraction", "ssl-proximal", "ssl-auto", "recipe-weak"
+    "gss-scale-invariant", "gss-warmup", "gss-fraction", "ssl-proximal", "ssl-auto",
+    "recipe-weak", "recipe-weaker",
 ]  # fmt: skip
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 ABLATION_LEVELS = [0.8, 0.9, 0.95]
@@ -290,7 +292,7 @@ def versus_ssl(agg: list[dict]) -> list[str]:
     keys = ["W80", "W90", "W95", "F85"]
     lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     contenders = [m for m in VARIANTS if m.startswith("gss") or m.startswith("ssl-")]
-    for method in [*contenders, "recipe", "recipe-weak"]:
+    for method in [*contenders, "recipe", "recipe-weak", "recipe-weaker"]:
         cells = []
         for key in keys:
             a, b = by.get((method, key)), by.get(("ssl", key))
