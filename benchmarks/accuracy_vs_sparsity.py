@@ -354,7 +354,8 @@ def main(argv=None) -> int:
          "dense": dense, "aggregate": agg, "results": results,
          "wall_seconds": time.perf_counter() - started}, indent=1))  # fmt: skip
     (args.out / "table.md").write_text(f"Command: `{command.strip()}`\n\n{table}\n")
-    weight_rows = [a for a in agg if a["metric"] == "weights"]
+    shown = [*CORE, "gss-fraction", "recipe-weak"]  # the paper's figure, plus the best levers
+    weight_rows = [a for a in agg if a["metric"] == "weights" and a["method"] in shown]
     if weight_rows:
         plot.accuracy_drop_figure(weight_rows, args.out / "accuracy_drop.png")
     print("\n" + table)
