@@ -163,9 +163,6 @@ def run_train(args) -> dict:
         with timer("finetune"):
             experiment.finetune(model, x, y, args.finetune_epochs, callbacks=[*measure, csv_ft],
                                 **fit)  # fmt: skip
-    elif args.method == "dense":
-        with timer("train"):
-            model = dense
     final_accuracy = experiment.accuracy(model, xt, yt)
     pruning.release_element_masks(model)
     report["final_accuracy"] = final_accuracy

@@ -91,16 +91,11 @@ def _bn_shift(layer) -> np.ndarray:
 
 def _inputs(layer) -> list | None:
     """The layers feeding `layer` (None when it is called more than once)."""
-    nodes = getattr(layer, "_inbound_nodes", None) or []
-    if len(nodes) != 1:
+    tensors, _ = graph._node_tensors(layer)
+    if tensors is None:
         return None
-    ops_ = []
-    for tensor in keras.tree.flatten(nodes[0].input_tensors):
-        history = getattr(tensor, "_keras_history", None)
-        if history is None:
-            return None
-        ops_.append(history[0])
-    return ops_
+    histories = [getattr(t, "_keras_history", None) for t in tensors]
+    return None if any(h is None for h in histories) else [h[0] for h in histories]
 
 
 def _channels(layer) -> int:
