@@ -4,13 +4,20 @@ A dead output unit/filter of a prunable layer is removed together with its bias
 entry, the per-channel weights of batch normalization layers it passes through,
 and the input slices of the layers that consume it (through activations,
 pooling, dropout, padding and Flatten, whose channels-last order puts channel
-`c` of position `p` at row `p * C + c`). Element-wise merges (Add, Multiply, ...)
-keep the union of the channels live in any of their inputs; Concatenate offsets
-each input's kept channels. Exactness comes first: a unit is kept when its
-output is not exactly zero (a non-zero bias, an activation with `f(0) != 0`, a
-batch normalization that shifts it) or when its channels reach anything that
-cannot be sliced (a Reshape, a depthwise or separable convolution, a model
-output, an unknown layer); such layers are copied unchanged.
+`c` of position `p` at row `p * C + c`; depthwise convolutions with
+`depth_multiplier=1` and the depthwise half of separable convolutions are sliced
+too). Element-wise merges (Add, Multiply, ...) keep the union of the channels
+live in any of their inputs; Concatenate offsets each input's kept channels.
+
+Exactness comes first. A dead unit whose output is a non-zero constant (a
+non-zero bias, an activation with `f(0) != 0`, a batch normalization that shifts
+it) is removed only when that constant can be folded into the bias of every
+consumer: Dense layers and convolutions without padding ('valid', or a kernel of
+size 1), reached through per-channel layers (activations, batch normalization,
+pooling, dropout, Flatten). Otherwise (a 'same'-padded convolution sees zeros at
+the border) it is kept. Channels that reach anything that cannot be sliced (a
+Reshape, a depthwise convolution with `depth_multiplier > 1`, a model output, an
+unknown layer) are kept, and such layers are copied unchanged.
 
 The result holds only standard Keras layers (keras-gss regularizers and
 constraints are dropped), so it loads where keras-gss is not installed.
@@ -28,7 +35,14 @@ from keras_gss._validate import non_negative
 _SLICEABLE: dict[type, dict] = {}
 
 
-def register_compaction(layer_cls: type, size_arg: str, out_axis: int, in_axis: int) -> None:
+def register_compaction(
+    layer_cls: type,
+    size_arg: str,
+    out_axis: int,
+    in_axis: int,
+    input_weights: dict[str, int] | None = None,
+    in_repeat: str | None = None,
+) -> None:
     """Declare how to shrink a layer type: its size argument and weight axes.
 
     Args:
@@ -36,8 +50,26 @@ def register_compaction(layer_cls: type, size_arg: str, out_axis: int, in_axis: 
         size_arg: constructor argument holding the number of output units.
         out_axis: axis of the grouped weight indexing output units.
         in_axis: axis of the grouped weight indexing input channels.
+        input_weights: other weights indexed by input channels, as
+            `{weight name: axis}` (e.g. a separable convolution's depthwise kernel).
+        in_repeat: attribute holding how many consecutive rows of the grouped
+            weight each input channel owns (a separable convolution's
+            `depth_multiplier`); default one.
+
+    Example:
+
+    >>> import keras, keras_gss as gss
+    >>> class MyDense(keras.layers.Dense):
+    ...     pass
+    >>> gss.register_compaction(MyDense, "units", out_axis=-1, in_axis=-2)
     """
-    _SLICEABLE[layer_cls] = {"size_arg": size_arg, "out_axis": out_axis, "in_axis": in_axis}
+    _SLICEABLE[layer_cls] = {
+        "size_arg": size_arg,
+        "out_axis": out_axis,
+        "in_axis": in_axis,
+        "input_weights": dict(input_weights or {}),
+        "in_repeat": in_repeat,
+    }
 
 
 def _rule(layer):
@@ -57,6 +89,8 @@ def _register_builtins() -> None:
         register_compaction(cls, "filters", -1, -2)
     for cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
         register_compaction(cls, "filters", -2, -1)
+    for cls in (L.SeparableConv1D, L.SeparableConv2D):
+        register_compaction(cls, "filters", -1, -2, {"depthwise_kernel": -2}, "depth_multiplier")
 
 
 _register_builtins()
@@ -80,13 +114,54 @@ def _maps_zero_to_zero(layer) -> bool:
     return float(ops.convert_to_numpy(activation(ops.zeros((1, 1))))[0, 0]) == 0.0
 
 
-def _bn_shift(layer) -> np.ndarray:
-    """Output of a BatchNormalization layer for a zero input, per channel."""
+def _bn_apply(layer, value: np.ndarray | float = 0.0) -> np.ndarray:
+    """Inference output of a BatchNormalization layer for a per-channel constant input."""
     gamma = ops.convert_to_numpy(layer.gamma) if layer.gamma is not None else 1.0
     beta = ops.convert_to_numpy(layer.beta) if layer.beta is not None else 0.0
     mean = ops.convert_to_numpy(layer.moving_mean)
     var = ops.convert_to_numpy(layer.moving_variance)
-    return beta - gamma * mean / np.sqrt(var + layer.epsilon)
+    return beta + gamma * (value - mean) / np.sqrt(var + layer.epsilon)
+
+
+def _depthwise(layer) -> bool:
+    """A depthwise convolution that maps input channel c to output channel c."""
+    L = keras.layers
+    return isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)) and (
+        layer.depth_multiplier == 1
+    )
+
+
+# layers through which a constant channel stays the same constant at every position
+_CONSTANT_IDENTITY: tuple[type, ...] = tuple(
+    getattr(keras.layers, n)
+    for n in (
+        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+        "GaussianDropout", "AlphaDropout", "Flatten", "Identity", "MaxPooling1D", "MaxPooling2D",
+        "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+        "UpSampling1D", "UpSampling2D", "UpSampling3D", "Cropping1D", "Cropping2D", "Cropping3D",
+    )
+    if hasattr(keras.layers, n)
+)  # fmt: skip
+# element-wise layers without weights: a constant channel maps to f(constant)
+_CONSTANT_ELEMENTWISE: tuple[type, ...] = tuple(
+    getattr(keras.layers, n) for n in ("Activation", "ReLU", "LeakyReLU", "ELU")
+)
+
+
+def _folds_constants(layer) -> bool:
+    """A consumer that sees a constant input channel as a constant at every kernel tap."""
+    L = keras.layers
+    if isinstance(layer, L.Dense):
+        return True
+    conv = (L.Conv1D, L.Conv2D, L.Conv3D)
+    transpose = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+    if not isinstance(layer, conv) or isinstance(layer, transpose):
+        return False
+    return layer.padding == "valid" or (
+        layer.padding == "same" and all(k == 1 for k in layer.kernel_size)
+    )
 
 
 def _inputs(layer) -> list | None:
@@ -121,9 +196,16 @@ class _Plan:
         outputs = {id(i.layer) for i in infos if i.is_output}
         model_outputs = {id(t._keras_history[0]) for t in keras.tree.flatten(model.outputs)}
         self.pinned: set[int] = set()
-        self.live: dict[int, np.ndarray] = {}  # compactable layer -> live units
+        self.live: dict[int, np.ndarray] = {}  # compactable layer -> units to keep
+        self.kernel_live: dict[int, np.ndarray] = {}  # ... -> units with a live kernel
         self.shifted: dict[int, np.ndarray] = {}  # BatchNormalization -> channels it shifts
         self.passthrough: set[int] = set()  # channel-preserving layers that slice through
+        self.depthwise: set[int] = set()  # depthwise convolutions sliced like passthrough
+        self.fold: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # consumer -> rows, constants
+        self.consumers: dict[int, list] = {}  # layer -> the layers reading its output
+        for layer in self.layers:
+            for source in self.inputs[id(layer)] or []:
+                self.consumers.setdefault(id(source), []).append(layer)
         for layer in self.layers:
             key, inputs = id(layer), self.inputs[id(layer)]
             if inputs is None or isinstance(layer, keras.layers.InputLayer):
@@ -133,13 +215,21 @@ class _Plan:
                 continue
             if key in self.info and _rule(layer) is not None and key not in outputs:
                 live = groups.layer_group_norms(layer) > threshold
+                self.kernel_live[key] = live
+                self.live[key] = live | self._nonzero_output(self.info[key])
+                continue
+            if _depthwise(layer) and key not in outputs and _maps_zero_to_zero(layer):
+                self._union(key, id(inputs[0]))
+                self.passthrough.add(key)
+                self.depthwise.add(key)
+                live = groups.layer_group_norms(layer) > threshold
                 self.live[key] = live | self._nonzero_output(self.info[key])
                 continue
             if isinstance(layer, graph._CHANNEL_PRESERVING) and self._slices_through(layer):
                 self._union(key, id(inputs[0]))
                 self.passthrough.add(key)
                 if isinstance(layer, keras.layers.BatchNormalization):
-                    self.shifted[key] = _bn_shift(layer) != 0
+                    self.shifted[key] = _bn_apply(layer) != 0
                 continue
             if _merges(layer):
                 for source in inputs:
@@ -211,11 +301,73 @@ class _Plan:
             for k in keys:
                 if k in self.shifted:
                     live |= self.shifted[k]
+            constant = live & ~self.kernel_live.get(owners[0], live)
+            if constant.any() and self._plan_folds(keys, owners, live & ~constant):
+                live &= ~constant
             if not live.any():
                 norms = groups.layer_group_norms(self.by_id[owners[0]])
                 live[np.argmax(norms)] = True  # a layer keeps at least one unit
             keeps[root] = None if live.all() else np.flatnonzero(live)
         return keeps
+
+    # -- folding constant channels into consumers' biases -------------------
+
+    def _plan_folds(self, keys: list[int], owners: list[int], kept: np.ndarray) -> bool:
+        """Whether the constant channels of a space can all be folded into its
+        consumers' biases; if so, record for each consumer the rows it drops and
+        their constant values."""
+        if len(owners) != 1 or not kept.any():
+            return False
+        owner = self.by_id[owners[0]]
+        if getattr(getattr(owner, "activation", None), "__name__", "") in _NONLOCAL_ACTIVATIONS:
+            return False
+        inside = set(keys)
+        for k in keys:
+            layer = self.by_id[k]
+            if k != owners[0] and not isinstance(layer, _CONSTANT_IDENTITY + _CONSTANT_ELEMENTWISE):
+                if not isinstance(layer, keras.layers.BatchNormalization):
+                    return False  # a merge, padding or depthwise convolution: not constant
+        folds = {}
+        for k in keys:
+            for consumer in self.consumers.get(k, []):
+                if id(consumer) in inside:
+                    continue
+                if not (_rule(consumer) and _folds_constants(consumer)):
+                    return False
+                if len(self.inputs[id(consumer)]) != 1:
+                    return False
+                folds[id(consumer)] = self._constants(owner, self.by_id[k], inside)
+        if not folds:
+            return False
+        dropped = np.flatnonzero(~kept)
+        for key, values in folds.items():
+            consumer = self.by_id[key]
+            width = int(consumer.input.shape[-1])
+            rows = np.flatnonzero(np.isin(np.arange(width) % values.size, dropped))
+            self.fold[key] = (rows, values[rows % values.size])
+        return True
+
+    def _constants(self, owner, end, inside: set[int]) -> np.ndarray:
+        """Per channel, the value a dead unit of `owner` has at `end`'s output."""
+        path = []
+        while end is not owner:
+            path.append(end)
+            end = self.inputs[id(end)][0]
+            assert id(end) in inside
+        bias = getattr(owner, "bias", None)
+        value = np.zeros(self.live[id(owner)].size, "float32")
+        if bias is not None:
+            value = np.asarray(ops.convert_to_numpy(bias), "float32")
+        activation = getattr(owner, "activation", None)
+        for layer in [activation, *reversed(path)]:
+            if layer is None or isinstance(layer, _CONSTANT_IDENTITY):
+                continue
+            if isinstance(layer, keras.layers.BatchNormalization):
+                value = _bn_apply(layer, value)
+            else:
+                value = np.asarray(ops.convert_to_numpy(layer(ops.convert_to_tensor(value[None]))))
+                value = value[0]
+        return value.astype("float32")
 
     # -- what each layer output keeps ---------------------------------------
 
@@ -313,6 +465,8 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
         kept = plan.keep(layer) if id(layer) in plan.live else None
         if rule is not None and kept is not None:
             config[rule["size_arg"]] = int(kept.size)
+        if id(layer) in plan.fold and not config.get("use_bias", True):
+            config["use_bias"] = True  # the folded constants need a bias
         return type(layer).from_config(config)
 
     new = keras.models.clone_model(model, clone_function=clone)
@@ -323,23 +477,41 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
 
 def _new_weights(layer, plan: _Plan) -> list[np.ndarray]:
     weights = [np.asarray(ops.convert_to_numpy(w)) for w in layer.weights]
-    if isinstance(layer, keras.layers.BatchNormalization):
-        kept = plan.keep(layer)
-        return weights if kept is None else [_slice(w, -1, kept) for w in weights]
+    if isinstance(layer, keras.layers.BatchNormalization) or id(layer) in plan.depthwise:
+        kept = plan.keep(layer)  # per-channel weights, channels last
+        if kept is None:
+            return weights
+        return [_slice(w, -2 if w.ndim > 1 else -1, kept) for w in weights]
     info, rule = plan.info.get(id(layer)), _rule(layer)
     if info is None or rule is None:
         return weights
     names = [w.path.split("/")[-1] for w in layer.weights]
     out_keep = plan.keep(layer) if id(layer) in plan.live else None
     in_keep = plan.input_keep(layer)
+    by_name = dict(zip(names, weights))
+    bias = by_name.get(info.spec.bias) if info.spec.bias else None
+    if id(layer) in plan.fold:  # constants of removed inputs move into the bias
+        rows, values = plan.fold[id(layer)]
+        kernel = by_name[info.spec.weight]
+        shape = [1] * kernel.ndim
+        shape[rule["in_axis"]] = values.size
+        part = _slice(kernel, rule["in_axis"], rows) * values.reshape(shape)
+        axes = tuple(a for a in range(kernel.ndim) if a != rule["out_axis"] % kernel.ndim)
+        bias = (0.0 if bias is None else bias) + part.sum(axis=axes)
     result = []
     for name, w in zip(names, weights):
         if name == info.spec.weight:
             if out_keep is not None:
                 w = _slice(w, rule["out_axis"], out_keep)
             if in_keep is not None:
-                w = _slice(w, rule["in_axis"], in_keep)
-        elif name == info.spec.bias and out_keep is not None:
-            w = _slice(w, 0, out_keep)
+                repeat = int(getattr(layer, rule["in_repeat"])) if rule["in_repeat"] else 1
+                rows = (in_keep[:, None] * repeat + np.arange(repeat)).reshape(-1)
+                w = _slice(w, rule["in_axis"], rows)
+        elif name in rule["input_weights"] and in_keep is not None:
+            w = _slice(w, rule["input_weights"][name], in_keep)
+        elif name == info.spec.bias:
+            w = bias if out_keep is None else _slice(bias, 0, out_keep)
         result.append(w)
+        if name == info.spec.weight and info.spec.bias not in names and id(layer) in plan.fold:
+            result.append(bias if out_keep is None else _slice(bias, 0, out_keep))
     return result

@@ -112,9 +112,9 @@ def test_batchnorm_between_conv_and_activation():
     mean[[1, 4]] = 0.0
     bn.beta.assign(beta)
     bn.moving_mean.assign(mean)
-    kill(model.get_layer("c1"), [1, 2, 4])  # channel 2: BN shifts it, must stay
+    kill(model.get_layer("c1"), [1, 2, 4])  # channel 2: BN shifts it, folded into out's bias
     small = gss.compact(model)
-    assert small.get_layer("c1").filters == 4 and small.get_layer("bn").gamma.shape == (4,)
+    assert small.get_layer("c1").filters == 3 and small.get_layer("bn").gamma.shape == (3,)
     assert_same_function(model, small, (8, 8, 3))
 
 
@@ -175,7 +175,91 @@ def test_separable_depthwise_and_transpose():
     assert_same_function(model, small, (8, 8, 3))
 
 
-def test_all_but_one_dead_and_nonzero_bias_kept():
+def test_depthwise_and_separable_are_sliced():
+    inputs = keras.Input((9, 9, 3))
+    h = L.Conv2D(6, 3, activation="relu", name="c")(inputs)
+    h = L.DepthwiseConv2D(3, activation="relu", name="dw")(h)
+    h = L.SeparableConv2D(5, 3, depth_multiplier=2, name="sep")(h)
+    h = L.Conv2D(4, 1, name="after")(h)
+    out = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, out)
+    randomize(model)
+    kill(model.get_layer("c"), [0, 3])
+    kill(model.get_layer("dw"), [3, 4])  # 3: dead in both; 4: only in the depthwise
+    kill(model.get_layer("sep"), [1, 2])
+    small = gss.compact(model)
+    assert small.get_layer("c").filters == 5  # 0 dead in c alone stays (the union keeps it)
+    assert small.get_layer("dw").kernel.shape == (3, 3, 5, 1)
+    assert small.get_layer("sep").depthwise_kernel.shape == (3, 3, 5, 2)
+    assert small.get_layer("sep").pointwise_kernel.shape == (1, 1, 10, 3)
+    assert small.get_layer("after").kernel.shape == (1, 1, 3, 4)
+    assert_same_function(model, small, (9, 9, 3))
+
+
+def test_constants_of_dead_units_fold_into_the_next_bias():
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            L.Dense(6, activation="relu", name="a"),
+            L.Dense(4, activation="sigmoid", use_bias=False, name="s"),
+            L.Dense(2, name="out"),
+        ]
+    )
+    randomize(model)
+    kill(model.get_layer("a"), [0, 1], bias=False)  # relu(bias) != 0 for some: constants
+    kill(model.get_layer("s"), [3])  # sigmoid(0) = 0.5 at every input
+    bias = model.get_layer("a").bias.numpy()
+    bias[[0, 1]] = [0.7, -0.4]
+    model.get_layer("a").bias.assign(bias)
+    small = gss.compact(model)
+    assert small.get_layer("a").units == 4 and small.get_layer("s").units == 3
+    assert small.get_layer("s").use_bias  # the folded constants need one
+    assert_same_function(model, small, (5,))
+
+
+def test_conv_batchnorm_constants_fold_only_where_exact():
+    def net(padding):
+        inputs = keras.Input((8, 8, 2))
+        h = L.Conv2D(5, 3, padding="same", use_bias=False, name="c1")(inputs)
+        h = L.BatchNormalization(name="bn")(h)
+        h = L.ReLU()(h)
+        h = L.MaxPooling2D()(h)
+        h = L.Conv2D(3, 3, padding=padding, activation="relu", name="c2")(h)
+        out = L.Dense(2, name="out")(L.Flatten()(h))
+        model = keras.Model(inputs, out)
+        randomize(model)
+        bn = model.get_layer("bn")
+        bn.beta.assign(np.abs(bn.beta.numpy()) + 0.5)  # relu(BN(0)) > 0: a constant channel
+        kill(model.get_layer("c1"), [1, 3])
+        return model
+
+    valid = net("valid")
+    small = gss.compact(valid)
+    assert small.get_layer("c1").filters == 3 and small.get_layer("bn").gamma.shape == (3,)
+    assert_same_function(valid, small, (8, 8, 2))
+    same = net("same")  # zeros at the border make the channel non-constant: kept
+    small = gss.compact(same)
+    assert small.get_layer("c1").filters == 5
+    assert_same_function(same, small, (8, 8, 2))
+    linear = keras.Sequential(
+        [keras.Input((6,)), L.Dense(4, name="a"), L.Dense(2, name="out")]
+    )
+    randomize(linear)
+    kill(linear.get_layer("a"), [0], bias=False)
+    merged_in = keras.Input((6,))
+    a = L.Dense(4, name="a")(merged_in)
+    out = L.Dense(2, name="out")(L.Add()([a, L.Dense(4, name="b")(merged_in)]))
+    merged = keras.Model(merged_in, out)
+    randomize(merged)
+    kill(merged.get_layer("a"), [0], bias=False)
+    kill(merged.get_layer("b"), [0], bias=False)  # a constant through a merge: kept
+    assert gss.compact(merged).get_layer("a").units == 4
+    assert_same_function(merged, gss.compact(merged), (6,))
+    assert gss.compact(linear).get_layer("a").units == 3
+    assert_same_function(linear, gss.compact(linear), (6,))
+
+
+def test_all_but_one_dead_and_a_constant_unit_folded():
     model = keras.Sequential(
         [
             keras.Input((5,)),
@@ -186,10 +270,10 @@ def test_all_but_one_dead_and_nonzero_bias_kept():
     )
     randomize(model)
     kill(model.get_layer("a"), [0, 1, 2, 3, 4])
-    kill(model.get_layer("s"), [0], bias=False)  # sigmoid(0) = 0.5: not removable
+    kill(model.get_layer("s"), [0], bias=False)  # sigmoid(bias): a constant, folded into out
     kernel = model.get_layer("a").kernel.numpy()
     small = gss.compact(model)
-    assert small.get_layer("a").units == 1 and small.get_layer("s").units == 4
+    assert small.get_layer("a").units == 1 and small.get_layer("s").units == 3
     assert np.abs(kernel[:, 5]).sum() > 0
     assert_same_function(model, small, (5,))
 
@@ -235,7 +319,7 @@ def test_property_random_models_stay_exact(kind, widths, seed):
     randomize(model, seed)
     for i, w in enumerate(widths):
         dead = rng.choice(w, size=rng.integers(0, w + 1), replace=False)
-        kill(model.get_layer(f"h{i}"), list(dead))
+        kill(model.get_layer(f"h{i}"), list(dead), bias=bool(rng.random() < 0.5))
     report = gss.sparsity_report(model, threshold=0.0)
     for row in report.rows:
         kernel = model.get_layer(row.layer).kernel.numpy()
