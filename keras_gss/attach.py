@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import keras
@@ -14,11 +15,19 @@ from keras_gss.regularizers import ActivityAttention, GuidedStructuredSparsity, 
 
 def _resolve_layers(model: keras.Model, layers, skip_output: bool) -> list[keras.layers.Layer]:
     prunable = groups.prunable_layers(model)
+    lora = groups.lora_layers(model)
     if layers is None:
-        chosen = prunable
+        if lora:
+            warnings.warn(
+                f"attach: skipping layers with LoRA enabled ({', '.join(x.name for x in lora)}): "
+                "their effective kernel is `kernel + lora_a @ lora_b`, which a group "
+                "regularizer on the kernel does not reach. Merge or disable LoRA first.",
+                stacklevel=3,
+            )
+        chosen = [layer for layer in prunable if layer.trainable]  # frozen: report only
         if skip_output:
             outputs = {id(layer) for layer in groups.output_layers(model)}
-            chosen = [layer for layer in prunable if id(layer) not in outputs]
+            chosen = [layer for layer in chosen if id(layer) not in outputs]
     else:
         if isinstance(layers, (str, keras.layers.Layer)):
             layers = [layers]
@@ -36,6 +45,17 @@ def _resolve_layers(model: keras.Model, layers, skip_output: bool) -> list[keras
                     f"Layer '{layer.name}' ({type(layer).__name__}) has no groups to "
                     "regularize. Supported: Dense, Conv*, Conv*Transpose, SeparableConv*, "
                     "DepthwiseConv*; add your own with `keras_gss.register_layer`."
+                )
+            if groups.lora_enabled(layer):
+                raise ValueError(
+                    f"Layer '{layer.name}' has LoRA enabled: its effective kernel is "
+                    "`kernel + lora_a @ lora_b`, which a group regularizer on the kernel "
+                    "does not reach. Merge or disable LoRA before attaching."
+                )
+            if not layer.trainable:
+                raise ValueError(
+                    f"Layer '{layer.name}' is frozen (trainable=False): a regularizer would "
+                    "add a loss that training cannot lower. Set `trainable=True` first."
                 )
             chosen.append(layer)
     if not chosen:
@@ -77,7 +97,10 @@ def attach(
     Each chosen layer gets its own copy of `regularizer`, grouped along that layer
     type's output axis, on the grouped weight (what `fit` minimises) and in the
     layer config (what `model.save` writes). A model that was already compiled or
-    trained retraces on its next `fit`, so the new terms count at once.
+    trained retraces on its next `fit`, so the new terms count at once. Layers of
+    nested models are included; a shared layer is regularized once; frozen layers
+    (`trainable=False`) are left alone (still measured and reported) and layers
+    with LoRA enabled are skipped with a warning.
 
     Args:
         model: a built Keras model (Sequential, functional or subclassed).

@@ -77,7 +77,7 @@ class GroupMask(keras.constraints.Constraint):
                 f"{shape} has {count} along group_axis={self.group_axis}."
             )
         mask = groups.broadcast_mask(self.mask, shape, self.group_axis)
-        return w * ops.cast(mask, w.dtype)
+        return ops.multiply(w, ops.cast(mask, w.dtype))
 
     def get_config(self) -> dict:
         return {
@@ -121,7 +121,7 @@ class ProximalGroupLasso(keras.constraints.Constraint):
         step = self.strength * size**0.5
         scale = ops.maximum(0.0, 1.0 - step / ops.maximum(norms, step))
         scale = groups.broadcast_mask(scale, shape, self.group_axis)
-        return w * ops.cast(scale, w.dtype)
+        return ops.multiply(w, ops.cast(scale, w.dtype))
 
     def get_config(self) -> dict:
         return {"strength": self.strength, "group_axis": groups.axis_to_config(self.group_axis)}
@@ -144,7 +144,7 @@ class ElementMask(keras.constraints.Constraint):
         )
 
     def __call__(self, w):
-        return w * ops.cast(self.mask, w.dtype)
+        return ops.multiply(w, ops.cast(self.mask, w.dtype))
 
     def get_config(self) -> dict:
         raise NotImplementedError(

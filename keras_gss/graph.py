@@ -65,10 +65,16 @@ class LayerInfo:
     is_output: bool
     producer: int | None  # index into the describe() list
     dense_flops: float
+    frozen: bool = False  # trainable=False: measured, never pruned
 
     @property
     def weights(self) -> int:
         return self.groups * self.group_size
+
+    @property
+    def protected(self) -> bool:
+        """Never pruned: the model's output units, or a frozen layer."""
+        return self.is_output or self.frozen
 
 
 def _node_tensors(layer):
@@ -122,6 +128,7 @@ def describe(model: keras.Model) -> list[LayerInfo]:
                 is_output=id(layer) in outputs,
                 producer=_producer(layer, index_of),
                 dense_flops=2.0 * math.prod(shape) * _positions(layer, spec),
+                frozen=not layer.trainable,
             )
         )
     for info in infos:  # the consumer's inputs must be whole copies of the producer's channels

@@ -250,9 +250,24 @@ def iter_layers(model: keras.layers.Layer) -> Iterable[keras.layers.Layer]:
     yield from walk(model)
 
 
+def lora_enabled(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` runs with LoRA: its kernel is then `base + A @ B`, not a variable."""
+    return bool(getattr(layer, "lora_enabled", False))
+
+
 def prunable_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The layers of `model` that have a registered `GroupSpec`."""
-    return [layer for layer in iter_layers(model) if get_spec(layer) is not None]
+    """The layers of `model` that have a registered `GroupSpec` (LoRA layers excluded:
+    their effective kernel is a sum that no group mask or regularizer reaches)."""
+    return [
+        layer
+        for layer in iter_layers(model)
+        if get_spec(layer) is not None and not lora_enabled(layer)
+    ]
+
+
+def lora_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers of `model` that keras-gss skips because LoRA is enabled on them."""
+    return [layer for layer in iter_layers(model) if get_spec(layer) and lora_enabled(layer)]
 
 
 def output_layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -131,6 +131,13 @@ class SparsityMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self._infos = graph.describe(model)
+        lora = groups.lora_layers(model)
+        if lora:
+            warnings.warn(
+                "SparsityMonitor: layers with LoRA enabled are not measured or pruned "
+                f"({', '.join(layer.name for layer in lora)}).",
+                stacklevel=2,
+            )
         if not self._infos:
             raise ValueError(
                 f"SparsityMonitor: model '{model.name}' has no prunable layer "
@@ -205,7 +212,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         for info in self._infos:
             norms = groups.layer_group_norms(info.layer)
             new = pruning.live_mask(info) & (norms == 0)
-            if info.is_output or new.all():
+            if info.protected or new.all():
                 new[:] = False
             dead.append(new)
         if any(d.any() for d in dead):

@@ -120,7 +120,7 @@ def select(
         new = mask & (layer_norms <= threshold)
         if relative_threshold is not None and layer_norms.size:
             new |= mask & (layer_norms <= relative_threshold * layer_norms.max())
-        if info.is_output:
+        if info.protected:
             new[:] = False
         else:
             keep = min(min_live_groups, int(mask.sum()))
@@ -151,7 +151,7 @@ def select(
     scores = group_scores(infos, norms, live, ranking)
     candidates = []
     for i, (info, score) in enumerate(zip(infos, scores)):
-        if info.is_output:
+        if info.protected:
             continue
         for g in np.flatnonzero(masks[i] & ~dead[i]):
             candidates.append((float(score[g]), i, int(g)))
@@ -272,7 +272,7 @@ def magnitude_prune(
     weights = [groups.layer_weight(i.layer, i.spec) for i in infos]
     values = [np.abs(np.asarray(ops.convert_to_numpy(w.value))) for w in weights]
     total = sum(v.size for v in values)
-    chosen = [k for k, info in enumerate(infos) if not info.is_output]
+    chosen = [k for k, info in enumerate(infos) if not info.protected]
     flat = np.concatenate([values[k].ravel() for k in chosen])
     count = min(flat.size, math.ceil(target * total))
     keep = np.ones(flat.size, dtype=bool)

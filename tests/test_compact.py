@@ -17,9 +17,10 @@ def kill(layer, ids, bias=True):
     weight = getattr(layer, spec.weight)
     mask = np.ones(gss.groups.group_shape(tuple(weight.shape), spec.axis)[0], "float32")
     mask[ids] = 0
-    weight.assign(weight.value * gss.groups.broadcast_mask(mask, tuple(weight.shape), spec.axis))
+    full = gss.groups.broadcast_mask(mask, tuple(weight.shape), spec.axis)
+    weight.assign(keras.ops.multiply(weight.value, full))
     if bias and getattr(layer, "bias", None) is not None:
-        layer.bias.assign(layer.bias.value * mask)
+        layer.bias.assign(keras.ops.multiply(layer.bias.value, mask))
 
 
 def randomize(model, seed=0):
@@ -241,9 +242,7 @@ def test_conv_batchnorm_constants_fold_only_where_exact():
     small = gss.compact(same)
     assert small.get_layer("c1").filters == 5
     assert_same_function(same, small, (8, 8, 2))
-    linear = keras.Sequential(
-        [keras.Input((6,)), L.Dense(4, name="a"), L.Dense(2, name="out")]
-    )
+    linear = keras.Sequential([keras.Input((6,)), L.Dense(4, name="a"), L.Dense(2, name="out")])
     randomize(linear)
     kill(linear.get_layer("a"), [0], bias=False)
     merged_in = keras.Input((6,))

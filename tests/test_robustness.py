@@ -1,4 +1,4 @@
-"""Mixed precision, reproducibility and interrupted training."""
+"""Mixed precision, reproducibility, interrupted training, and unusual models."""
 
 import keras
 import numpy as np
@@ -66,3 +66,78 @@ def test_backup_and_restore_resumes_the_ramp_and_keeps_zeros(toy_data, tmp_path)
     for before, layer in zip(dead, fresh.layers):
         now = np.linalg.norm(layer.kernel.numpy(), axis=0) == 0
         assert np.all(now[before])  # pruned groups stayed pruned
+
+
+def _unusual_model():
+    """A nested Sequential, a layer shared by two calls, a frozen and a LoRA layer."""
+    L = keras.layers
+    inner = keras.Sequential([keras.Input((16,)), L.Dense(16, activation="relu", name="inner")])
+    shared = L.Dense(16, activation="relu", name="shared")
+    frozen = L.Dense(16, activation="relu", name="frozen")
+    inputs = keras.Input((24,))
+    h = L.Dense(16, activation="relu", name="first")(inputs)
+    h = inner(shared(shared(h)))
+    h = L.Dense(16, activation="relu", name="lora")(frozen(h))
+    model = keras.Model(inputs, L.Dense(2, name="out")(h))
+    frozen.trainable = False
+    return model
+
+
+def test_nested_shared_frozen_and_lora_layers(toy_data):
+    x, y = toy_data
+    keras.utils.set_random_seed(0)
+    model = _unusual_model()
+    model.get_layer("lora").enable_lora(2)
+    frozen_kernel = model.get_layer("frozen").kernel.numpy().copy()
+    with pytest.warns(UserWarning, match="LoRA enabled.*lora"):
+        gss.attach(model, gss.GroupLasso(1e-3))
+    layers = {layer.name: layer for layer in gss.groups.iter_layers(model)}
+    regularized = {n for n, layer in layers.items() if getattr(layer, "kernel_regularizer", None)}
+    assert regularized == {"first", "shared", "inner"}  # nested: recursed; frozen, LoRA: not
+    assert len(model.losses) == 3  # the shared layer counts once
+    compile_classifier(model)
+    monitor = gss.SparsityMonitor(target_sparsity=0.5, verbose=0)
+    with pytest.warns(UserWarning, match="LoRA enabled are not measured"):
+        model.fit(x, y, epochs=3, batch_size=64, callbacks=[monitor], verbose=0)
+    report = {row.layer: row for row in gss.sparsity_report(model, threshold=0).rows}
+    assert "lora" not in report and "frozen" in report  # frozen: reported
+    assert report["frozen"].zero_groups == 0
+    np.testing.assert_array_equal(model.get_layer("frozen").kernel.numpy(), frozen_kernel)
+    assert report["inner"].zero_groups > 0 and report["shared"].zero_groups > 0
+    assert monitor.history[-1]["sparsity"] >= 0.5 - 1e-6
+    dead = report["inner"].zero_groups
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    assert gss.sparsity_report(model, threshold=0).rows[2].zero_groups == dead
+
+
+def test_frozen_or_lora_layers_named_explicitly_are_refused():
+    model = _unusual_model()
+    with pytest.raises(ValueError, match="'frozen' is frozen"):
+        gss.attach(model, layers=["frozen"])
+    model.get_layer("lora").enable_lora(2)
+    with pytest.raises(ValueError, match="'lora' has LoRA enabled"):
+        gss.attach(model, layers=["lora"])
+    assert model.get_layer("frozen").kernel_regularizer is None  # nothing half-attached
+
+
+def test_float16_kernels_are_regularized_in_float32(toy_data):
+    x, y = toy_data
+    layer = keras.layers.Dense(8, dtype="float16")
+    layer.build((None, 24))
+    kernel = layer.kernel.numpy().astype("float64")
+    value = gss.GuidedStructuredSparsity(lasso=1e-2, variance=1e-3)(layer.kernel)
+    norms = np.sqrt((kernel**2).sum(axis=0))
+    expected = 1e-2 * norms.sum() + 1e-3 / (np.var(norms**2) + 1e-8)
+    assert keras.backend.standardize_dtype(value.dtype) == "float32"
+    np.testing.assert_allclose(float(value), expected, rtol=1e-3)
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    model = keras.Sequential(
+        [keras.Input((24,)), L.Dense(16, activation="relu", dtype="float16"), L.Dense(2)]
+    )
+    gss.attach(model, gss.GroupLasso(1e-3))
+    compile_classifier(model)
+    monitor = gss.SparsityMonitor(target_sparsity=0.5, verbose=0)
+    history = model.fit(x, y, epochs=3, batch_size=64, callbacks=[monitor], verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert monitor.history[-1]["sparsity"] >= 0.5 - 1e-6
