@@ -152,6 +152,8 @@ class SparsityMonitor(keras.callbacks.Callback):
             )
         if self.prune and self.freeze:
             self._freeze_existing_zeros()
+            if pruning.install_masks(model, self._infos):  # later pruning: no retrace
+                self._retrace()
 
     def on_epoch_end(self, epoch, logs=None):
         self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state
@@ -202,9 +204,12 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     def _apply(self, dead) -> None:
         if pruning.apply(self.model, self._infos, dead, self.freeze):
-            make = getattr(self.model, "make_train_function", None)
-            if make is not None:  # fit's loop calls the attribute: rebuild it now
-                make(force=True)
+            self._retrace()
+
+    def _retrace(self) -> None:
+        make = getattr(self.model, "make_train_function", None)
+        if make is not None:  # fit's loop calls the attribute: rebuild it now
+            make(force=True)
 
     def _freeze_existing_zeros(self) -> None:
         """Treat exactly-zero groups of a loaded or resumed model as pruned."""

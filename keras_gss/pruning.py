@@ -178,12 +178,7 @@ def apply(model: keras.Model, infos: list[graph.LayerInfo], dead: list[np.ndarra
         if not new.any():
             continue
         live = live_mask(info) & ~new
-        weight = groups.layer_weight(info.layer, info.spec)
-        targets = [(weight, info.spec.axis, info.spec.constraint_attr)]
-        bias = getattr(info.layer, info.spec.bias, None) if info.spec.bias else None
-        if bias is not None:
-            targets.append((bias, (-1,), "bias_constraint"))
-        for variable, axis, attr in targets:
+        for variable, axis, attr in _grouped_variables(info):
             mask = groups.broadcast_mask(
                 ops.convert_to_tensor(live.astype("float32")), tuple(variable.shape), axis
             )
@@ -194,6 +189,32 @@ def apply(model: keras.Model, infos: list[graph.LayerInfo], dead: list[np.ndarra
     if retrace:
         reset_traced_functions(model)
     return retrace
+
+
+def _grouped_variables(info: graph.LayerInfo) -> list[tuple]:
+    """(variable, group axis, constraint attribute) of a layer's kernel and bias."""
+    weight = groups.layer_weight(info.layer, info.spec)
+    found = [(weight, info.spec.axis, info.spec.constraint_attr)]
+    bias = getattr(info.layer, info.spec.bias, None) if info.spec.bias else None
+    if bias is not None:
+        found.append((bias, (-1,), "bias_constraint"))
+    return found
+
+
+def install_masks(model: keras.Model, infos: list[graph.LayerInfo]) -> bool:
+    """Give every prunable, unprotected layer a `GroupMask` (its current live groups),
+    so that later pruning only updates mask values and never needs a retrace on
+    TensorFlow and PyTorch. True when one was newly installed (retrace once now)."""
+    installed = False
+    for info in infos:
+        if info.protected:
+            continue
+        live = live_mask(info)
+        for variable, axis, attr in _grouped_variables(info):
+            installed |= _install_mask(info.layer, variable, live, axis, attr)
+    if installed:
+        reset_traced_functions(model)
+    return installed
 
 
 def _install_mask(layer, variable, live: np.ndarray, axis, attr: str) -> bool:
