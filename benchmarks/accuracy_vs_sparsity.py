@@ -267,7 +267,34 @@ def aggregate(results: list[dict]) -> list[dict]:
 
 
 HEADER = ["method", "level", "seeds", "acc. pruned", "drop pruned", "acc. fine-tuned",
-          "drop fine-tuned", "FLOPs left", "live units per layer"]  # fmt: skip
+          "drop fine-tuned", "FLOPs left", "compact speedup", "live units per layer"]  # fmt: skip
+
+
+def add_speedups(agg: list[dict], out: Path, repeats: int = 10) -> None:
+    """Measured dense-vs-compact speedup (batch 256, compiled forward pass) for each
+    structured result: a LeNet of the compact widths (mean live units over seeds)
+    is timed against the dense one. Latency does not depend on weight values, and
+    `compact` of a pruned LeNet has exactly these shapes (tests/test_compact.py).
+    Cached by widths in speedups.json."""
+    from inference_speed import compiled_forward, median_ms
+
+    file = out / "speedups.json"
+    cache = json.loads(file.read_text()) if file.exists() else {}
+    x = np.random.default_rng(0).random((256, 28, 28, 1), dtype=np.float32)
+    dense_ms = None
+    for a in agg:
+        units = a.get("live_units_mean")
+        if not units:
+            continue
+        widths = [max(1, round(v)) for v in list(units.values())[:4]]
+        key = "-".join(map(str, widths))
+        if key not in cache:
+            if dense_ms is None:
+                dense_ms = median_ms(compiled_forward(models.lenet()), x, repeats)
+            narrow = models.lenet(filters=tuple(widths[:2]), units=tuple(widths[2:]))
+            cache[key] = dense_ms / median_ms(compiled_forward(narrow), x, repeats)
+        a["speedup_b256"] = cache[key]
+    file.write_text(json.dumps(cache, indent=1, sort_keys=True))
 
 
 def _rows(agg: list[dict], methods: list[str], keys: set[str] | None = None) -> list[str]:
@@ -277,13 +304,14 @@ def _rows(agg: list[dict], methods: list[str], keys: set[str] | None = None) -> 
     for a in sorted(chosen, key=lambda a: (a["metric"], a["level"], order[a["method"]])):
         units = a.get("live_units_mean")
         units_s = "/".join(f"{v:.0f}" for v in units.values()) if units else "-"
+        speedup = f"{a['speedup_b256']:.1f}x" if "speedup_b256" in a else "-"
         lines.append(
             f"| {a['method']} | {a['key']} | {a['seeds']} "
             f"| {100 * a['accuracy_pruned_mean']:.2f} ± {100 * a['accuracy_pruned_std']:.2f} "
             f"| {a['drop_pruned_mean']:.2f} "
             f"| {100 * a['accuracy_finetuned_mean']:.2f} ± {100 * a['accuracy_finetuned_std']:.2f} "
             f"| {a['drop_finetuned_mean']:.2f} ± {a['drop_finetuned_std']:.2f} "
-            f"| {a['flop_ratio_mean']:.3f} | {units_s} |"
+            f"| {a['flop_ratio_mean']:.3f} | {speedup} | {units_s} |"
         )
     return lines
 
@@ -320,7 +348,9 @@ def markdown(agg: list[dict], dense: list[dict], title: str) -> str:
         f"the fine-tune budget: {100 * acc_ft.mean():.2f} %. Drops are in points of test "
         "accuracy versus dense with the same training budget (pruned vs dense, fine-tuned vs "
         "dense trained on as long; mean ± std over seeds); `Wxx` = xx % of prunable kernel "
-        "weights zero, `Fxx` = xx % of FLOPs removed; live units: conv1/conv2/fc1/fc2/out.",
+        "weights zero, `Fxx` = xx % of FLOPs removed; live units: conv1/conv2/fc1/fc2/out; "
+        "compact speedup: dense / compact latency at batch 256, compiled forward pass, "
+        f"{keras.backend.backend()} CPU (from speedups.json, measured when the table was made).",
         "",
         "#### The paper's comparison",
         "",
@@ -345,6 +375,8 @@ def main(argv=None) -> int:
     cache = args.out / "cache" / config_id(args)
     dense = [json.loads(f.read_text()) for f in sorted(cache.glob("dense-s*.json"))][: args.seeds]
     agg = aggregate(results)
+    print("Timing compact widths (batch 256) ...", flush=True)
+    add_speedups(agg, args.out)
     title = (f"Accuracy vs sparsity, {args.dataset}, {args.limit or 'all'} train images, "
              f"{args.epochs} epochs + {args.finetune} fine-tune, {args.seeds} seed(s)")  # fmt: skip
     table = markdown(agg, dense, title)

@@ -73,6 +73,10 @@ def test_benchmark_quick_path_writes_valid_json(tmp_path):
         if row["metric"] == "weights":
             assert abs(row["sparsity"] - row["level"]) < 0.02
     assert (out / "accuracy_drop.png").stat().st_size > 0
+    for a in data["aggregate"]:  # measured compact speedup beside each structured result
+        assert ("speedup_b256" in a) == (a["method"] == "ssl")
+        assert a.get("speedup_b256", 1.0) > 0
+    assert json.loads((out / "speedups.json").read_text())
     # resumable: a rerun reuses every cached result
     again = run([sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_sparsity.py"), "--quick",
                  "--dataset", "mnist", "--limit", "300", "--test-limit", "200", "--epochs", "1",

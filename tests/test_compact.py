@@ -328,3 +328,17 @@ def test_property_random_models_stay_exact(kind, widths, seed):
     small = gss.compact(model)
     assert_same_function(model, small, shape)
     assert small.count_params() <= model.count_params()
+
+
+def test_compact_lenet_has_the_shape_of_a_narrow_lenet():
+    """The accuracy benchmark times narrow LeNets as stand-ins for compact models."""
+    model = gss.models.lenet()
+    gss.prune(model, target_sparsity=0.85, metric="flops", min_live_groups=4)
+    live = {r.layer: r.groups - r.zero_groups for r in gss.sparsity_report(model, 0.0).rows}
+    narrow = gss.models.lenet(
+        filters=(live["conv1"], live["conv2"]), units=(live["fc1"], live["fc2"])
+    )
+    small = gss.compact(model)
+    assert [tuple(w.shape) for w in small.weights] == [tuple(w.shape) for w in narrow.weights]
+    with pytest.raises(ValueError, match="`filters`"):
+        gss.models.lenet(filters=(0, 3))
