@@ -316,6 +316,31 @@ def _rows(agg: list[dict], methods: list[str], keys: set[str] | None = None) -> 
     return lines
 
 
+def summary(agg: list[dict], methods: list[str]) -> list[str]:
+    """One line per method: fine-tuned accuracy (mean ± std over seeds), FLOPs left and
+    measured compact speedup at 80, 90, 95 % of weights and at 85 % of FLOPs removed."""
+    by = {(a["method"], a["key"]): a for a in agg}
+    keys = ["W80", "W90", "W95", "F85"]
+    lines = ["| method | seeds | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for method in methods:
+        cells, seeds = [], 0
+        for key in keys:
+            a = by.get((method, key))
+            if a is None:
+                cells.append("-")
+                continue
+            seeds = max(seeds, a["seeds"])
+            mean, std = 100 * a["accuracy_finetuned_mean"], 100 * a["accuracy_finetuned_std"]
+            cell = f"{mean:.2f} ± {std:.2f}"
+            extra = f"FLOPs {a['flop_ratio_mean']:.2f}"
+            if "speedup_b256" in a:
+                extra += f", {a['speedup_b256']:.1f}x"
+            cells.append(f"{cell} ({extra})")
+        if seeds:
+            lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def versus_ssl(agg: list[dict]) -> list[str]:
     """Each attention form (and the recipe) against plain group lasso, level by level."""
     by = {(a["method"], a["key"]): a for a in agg}
@@ -351,6 +376,10 @@ def markdown(agg: list[dict], dense: list[dict], title: str) -> str:
         "weights zero, `Fxx` = xx % of FLOPs removed; live units: conv1/conv2/fc1/fc2/out; "
         "compact speedup: dense / compact latency at batch 256, compiled forward pass, "
         f"{keras.backend.backend()} CPU (from speedups.json, measured when the table was made).",
+        "",
+        "#### Summary: fine-tuned accuracy, % (FLOPs left, measured compact speedup)",
+        "",
+        *summary(agg, [*CORE, *ABLATION]),
         "",
         "#### The paper's comparison",
         "",
