@@ -49,15 +49,19 @@ VARIANTS = {
     "recipe": R("group-lasso", lasso=5e-4, proximal=1e-5, ranking="auto", min_live_groups=4),
     "recipe-strong": R("group-lasso", lasso=2e-3, proximal=2e-5, ranking="auto", min_live_groups=4),
     "recipe-weaker": R("group-lasso", lasso=2e-4, proximal=5e-6, ranking="auto", min_live_groups=4),
+    "recipe-gradual": R(
+        "group-lasso", lasso=5e-4, proximal=1e-5, ranking="auto", min_live_groups=4, gradual=True
+    ),
 }
 CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
 ABLATION = [
-    "gss-fraction", "gss-scale-invariant", "gss-warmup", "ssl-proximal", "ssl-auto",
-    "recipe-strong", "recipe-weaker",
+    "recipe-gradual", "gss-fraction", "gss-scale-invariant", "gss-warmup", "ssl-proximal",
+    "ssl-auto", "recipe-strong", "recipe-weaker",
 ]  # fmt: skip
-HEADLINE = ["gss-fraction"]  # the ablation variant run first for every seed
+HEADLINE = ["gss-fraction", "recipe-gradual"]  # ablation variants run first for every seed
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 ABLATION_LEVELS = [0.8, 0.9, 0.95]
+GRADUAL_LEVELS = [0.9]  # a gradual variant trains once per level: the target levels only
 FLOP_LEVELS = [0.85]
 
 
@@ -121,6 +125,8 @@ def plan(args):
             levels = args.levels
             if phase is not CORE:
                 levels = [lv for lv in args.levels if lv in ABLATION_LEVELS] or args.levels
+            if VARIANTS[method].gradual:
+                levels = [lv for lv in levels if lv in GRADUAL_LEVELS] or levels
             jobs += [(seed, method, lv, "weights") for lv in levels]
             if VARIANTS[method].structured:
                 jobs += [(seed, method, lv, "flops") for lv in FLOP_LEVELS]
@@ -152,17 +158,21 @@ def run(args) -> list[dict]:
         elapsed = time.perf_counter() - started
         print(f"[{done}/{total} | {elapsed / 60:5.1f} min] {msg}", flush=True)
 
-    def trained(method, seed):
-        """A model of this method and seed, trained (from the weight cache if there)."""
+    def trained(method, seed, recipe=None, level=None, key=None):
+        """A model of this method and seed, trained (from the weight cache if there).
+
+        A gradual recipe is pruned to `level` while it trains: one model per level."""
         source = "dense" if method == "magnitude" else method
+        recipe = recipe or VARIANTS[source]
         keras.utils.set_random_seed(seed)
         model = models.lenet()
-        path = weights_dir / f"{source}-s{seed}.weights.h5"
+        name = f"{source}-s{seed}" + (f"-{key}" if recipe.gradual else "")
+        path = weights_dir / f"{name}.weights.h5"
         if path.exists():
             model.load_weights(path)
             return model, 0.0
         t0 = time.perf_counter()
-        experiment.train(model, VARIANTS[source], x, y, args.epochs, **fit)
+        experiment.train(model, recipe, x, y, args.epochs, level=level, **fit)
         model.save_weights(path)
         return model, time.perf_counter() - t0
 
@@ -211,9 +221,9 @@ def run(args) -> list[dict]:
             continue
         else:
             recipe = VARIANTS[method]
-            model, seconds = trained(method, seed)
             if metric == "flops":
                 recipe = experiment.Recipe(**{**recipe.to_dict(), "metric": "flops"})
+            model, seconds = trained(method, seed, recipe, level, key)
             report = experiment.prune_to(model, recipe, level)
             pruned = experiment.accuracy(model, xt, yt)
             t0 = time.perf_counter()

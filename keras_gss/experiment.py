@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_gss import pruning
 from keras_gss.attach import attach, detach
+from keras_gss.monitor import SparsityMonitor
 from keras_gss.regularizers import GroupLasso, GuidedStructuredSparsity
 from keras_gss.schedules import AttentionWarmup
 
@@ -36,6 +37,8 @@ class Recipe:
         ranking: how groups are ranked for hard pruning (see `keras_gss.pruning`).
         metric: what a sparsity level counts, `"weights"` or `"flops"`.
         min_live_groups: live groups every layer keeps when pruning.
+        gradual: prune to the level during training (a `SparsityMonitor` ramping
+            the target cubically over the epochs) instead of once afterwards.
     """
 
     method: str = "gss"
@@ -48,6 +51,7 @@ class Recipe:
     ranking: str = "rms"
     metric: str = "weights"
     min_live_groups: int = 1
+    gradual: bool = False
 
     def __post_init__(self):
         pruning.check_choice("method", self.method, METHODS)
@@ -55,6 +59,17 @@ class Recipe:
     @property
     def structured(self) -> bool:
         return self.method in ("gss", "group-lasso")
+
+    def monitor(self, level: float, verbose: int = 0) -> SparsityMonitor:
+        """The callback that prunes to `level` during training (`gradual`)."""
+        return SparsityMonitor(
+            threshold=0.0,
+            target_sparsity=level,
+            ranking=self.ranking,
+            metric=self.metric,
+            min_live_groups=self.min_live_groups,
+            verbose=verbose,
+        )
 
     def regularizer(self):
         if self.method == "gss":
@@ -94,13 +109,20 @@ def train(
     lr: float,
     callbacks: list | None = None,
     verbose: int = 1,
+    level: float | None = None,
 ) -> keras.callbacks.History:
-    """Attach the recipe's regularizers (if any) and fit."""
+    """Attach the recipe's regularizers (if any) and fit.
+
+    With a `gradual` recipe and a `level`, the model is pruned to `level` while it
+    trains (the target ramped cubically over the epochs).
+    """
     callbacks = list(callbacks or [])
     if recipe.structured:
         attach(model, recipe.regularizer(), proximal=recipe.proximal)
         if recipe.method == "gss" and recipe.warmup:
             callbacks.insert(0, AttentionWarmup(recipe.warmup))
+        if recipe.gradual and level is not None:
+            callbacks.insert(0, recipe.monitor(level))
     compile_model(model, lr)
     return model.fit(
         x, y, epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=verbose

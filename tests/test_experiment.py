@@ -1,0 +1,57 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_gss import experiment
+from keras_gss.report import model_stats, sparsity_report
+from tests.conftest import mlp
+
+
+def zero_fraction(model) -> float:
+    return sparsity_report(model, threshold=0.0).sparsity
+
+
+@pytest.mark.parametrize("metric", ["weights", "flops"])
+def test_gradual_recipe_prunes_to_the_level_while_training(toy_data, metric):
+    x, y = toy_data
+    recipe = experiment.Recipe("group-lasso", lasso=1e-3, ranking="auto", metric=metric,
+                               min_live_groups=2, gradual=True)  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = mlp(hidden=(48, 32))
+    history = experiment.train(model, recipe, x, y, epochs=3, batch_size=64, lr=1e-2,
+                               verbose=0, level=0.6)  # fmt: skip
+    assert len(history.history["loss"]) == 3
+    if metric == "weights":
+        assert zero_fraction(model) == pytest.approx(0.6, abs=0.03)
+    else:
+        assert 0.37 <= model_stats(model).flop_ratio <= 0.4 + 1e-6
+    # the pruned groups stay at exactly zero when training goes on (GroupMask installed)
+    kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers[:-1]]
+    dead = [np.linalg.norm(kernel, axis=0) == 0 for kernel in kernels]
+    assert any(d.any() for d in dead)
+    experiment.finetune(model, x, y, 1, batch_size=64, lr=1e-2, verbose=0)
+    for layer, d in zip(model.layers[:-1], dead):
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        assert np.all(kernel[:, d] == 0)
+
+
+def test_one_shot_recipe_ignores_the_level_and_does_not_prune(toy_data):
+    x, y = toy_data
+    recipe = experiment.Recipe("group-lasso", lasso=1e-3)
+    assert not recipe.gradual
+    keras.utils.set_random_seed(0)
+    model = mlp(hidden=(48, 32))
+    experiment.train(model, recipe, x, y, epochs=1, batch_size=64, lr=1e-2, verbose=0, level=0.6)
+    assert zero_fraction(model) < 0.05
+    experiment.prune_to(model, recipe, 0.6)
+    assert zero_fraction(model) == pytest.approx(0.6, abs=0.03)
+
+
+def test_recipe_monitor_carries_the_levers():
+    recipe = experiment.Recipe("gss", ranking="hybrid", metric="flops", min_live_groups=3,
+                               gradual=True)  # fmt: skip
+    monitor = recipe.monitor(0.8)
+    assert (monitor.target_sparsity, monitor.ranking, monitor.metric) == (0.8, "hybrid", "flops")
+    assert monitor.min_live_groups == 3 and monitor.threshold == 0.0
+    with pytest.raises(ValueError, match="target_sparsity"):
+        recipe.monitor(1.5)
