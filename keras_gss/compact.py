@@ -131,23 +131,21 @@ def _depthwise(layer) -> bool:
     )
 
 
-# layers through which a constant channel stays the same constant at every position
+# element-wise layers without weights: a constant channel maps to f(constant)
+_ELEMENTWISE_NAMES = ("Activation", "ReLU", "LeakyReLU", "ELU")
+_CONSTANT_ELEMENTWISE = tuple(getattr(keras.layers, n) for n in _ELEMENTWISE_NAMES)
+# built-in channel-preserving layers through which a constant channel stays the same
+# constant at every position: not element-wise maps, BatchNormalization (an affine
+# map), PReLU (weights) or padding (zeros at the border)
 _CONSTANT_IDENTITY: tuple[type, ...] = tuple(
     getattr(keras.layers, n)
-    for n in (
-        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-        "GaussianDropout", "AlphaDropout", "Flatten", "Identity", "MaxPooling1D", "MaxPooling2D",
-        "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-        "UpSampling1D", "UpSampling2D", "UpSampling3D", "Cropping1D", "Cropping2D", "Cropping3D",
-    )
+    for n in graph.BUILTIN_CHANNEL_PRESERVING
     if hasattr(keras.layers, n)
-)  # fmt: skip
-# element-wise layers without weights: a constant channel maps to f(constant)
-_CONSTANT_ELEMENTWISE: tuple[type, ...] = tuple(
-    getattr(keras.layers, n) for n in ("Activation", "ReLU", "LeakyReLU", "ELU")
+    and n not in _ELEMENTWISE_NAMES + ("PReLU", "BatchNormalization")
+    and not n.startswith("ZeroPadding")
 )
+# layers that map a constant channel to a constant channel we can compute
+_CONSTANT_MAPS = (*_CONSTANT_IDENTITY, *_CONSTANT_ELEMENTWISE, keras.layers.BatchNormalization)
 
 
 def _folds_constants(layer) -> bool:
@@ -214,16 +212,13 @@ class _Plan:
                     self._pin_inputs_of(source)
                 continue
             if key in self.info and _rule(layer) is not None and key not in outputs:
-                live = groups.layer_group_norms(layer) > threshold
-                self.kernel_live[key] = live
-                self.live[key] = live | self._nonzero_output(self.info[key])
+                self._add_owner(key, threshold)
                 continue
             if _depthwise(layer) and key not in outputs and _maps_zero_to_zero(layer):
                 self._union(key, id(inputs[0]))
                 self.passthrough.add(key)
                 self.depthwise.add(key)
-                live = groups.layer_group_norms(layer) > threshold
-                self.live[key] = live | self._nonzero_output(self.info[key])
+                self._add_owner(key, threshold, foldable=False)
                 continue
             if isinstance(layer, graph._CHANNEL_PRESERVING) and self._slices_through(layer):
                 self._union(key, id(inputs[0]))
@@ -275,6 +270,14 @@ class _Plan:
             return layer.axis in (-1, len(layer.output.shape) - 1)
         return not layer.weights  # a per-channel weight we do not know how to slice
 
+    def _add_owner(self, key: int, threshold: float, foldable: bool = True) -> None:
+        """Record the live units of a layer whose groups decide a space's channels
+        (and, if `foldable`, which of them are only a constant)."""
+        live = groups.layer_group_norms(self.by_id[key]) > threshold
+        if foldable:
+            self.kernel_live[key] = live
+        self.live[key] = live | self._nonzero_output(self.info[key])
+
     def _nonzero_output(self, info) -> np.ndarray:
         """Units whose output is not exactly zero even with a zero kernel slice."""
         bias = getattr(info.layer, info.spec.bias, None) if info.spec.bias else None
@@ -324,9 +327,8 @@ class _Plan:
         inside = set(keys)
         for k in keys:
             layer = self.by_id[k]
-            if k != owners[0] and not isinstance(layer, _CONSTANT_IDENTITY + _CONSTANT_ELEMENTWISE):
-                if not isinstance(layer, keras.layers.BatchNormalization):
-                    return False  # a merge, padding or depthwise convolution: not constant
+            if k != owners[0] and not isinstance(layer, _CONSTANT_MAPS):
+                return False  # a merge, padding or depthwise convolution: not constant
         folds = {}
         for k in keys:
             for consumer in self.consumers.get(k, []):
@@ -353,7 +355,8 @@ class _Plan:
         while end is not owner:
             path.append(end)
             end = self.inputs[id(end)][0]
-            assert id(end) in inside
+            if id(end) not in inside:  # _plan_folds admits single-input layers only
+                raise RuntimeError(f"compact: '{end.name}' is outside the folded space")
         bias = getattr(owner, "bias", None)
         value = np.zeros(self.live[id(owner)].size, "float32")
         if bias is not None:

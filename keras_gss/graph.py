@@ -35,19 +35,23 @@ def register_channel_preserving(*layer_classes: type) -> None:
     _CHANNEL_PRESERVING = _CHANNEL_PRESERVING + tuple(layer_classes)
 
 
+# the built-in layers whose output channel c depends only on input channel c
+BUILTIN_CHANNEL_PRESERVING = (
+    "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Dropout",
+    "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+    "GaussianDropout", "AlphaDropout", "BatchNormalization", "Flatten", "Identity",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
+    "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D",
+    "UpSampling3D",
+)  # fmt: skip
+
+
 def _builtin_channel_preserving() -> None:
     L = keras.layers
-    names = [
-        "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Dropout",
-        "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-        "GaussianDropout", "AlphaDropout", "BatchNormalization", "Flatten", "Identity",
-        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
-        "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-        "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-        "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-        "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D",
-        "UpSampling3D",
-    ]  # fmt: skip
+    names = BUILTIN_CHANNEL_PRESERVING
     register_channel_preserving(*(getattr(L, n) for n in names if hasattr(L, n)))
 
 
