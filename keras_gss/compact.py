@@ -432,7 +432,9 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
             (default 0: exactly zero, as left by `SparsityMonitor` or `prune`).
 
     Returns:
-        A new model of standard Keras layers whose outputs equal `model`'s.
+        A new model of standard Keras layers whose outputs equal `model`'s. Nested
+        Sequential or functional models are inlined: the result is one flat
+        functional model.
 
     Example:
 
@@ -447,19 +449,9 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
         raise TypeError(
             f"Invalid value for argument `model`. Expected a keras.Model. Received: {model!r}"
         )
-    graph_kinds = {"Functional", "Sequential"}
-    if not any(cls.__name__ in graph_kinds for cls in type(model).__mro__):
-        raise TypeError(
-            f"compact supports Sequential and functional models; model '{model.name}' is "
-            f"subclassed ({type(model).__name__}) and has no layer graph to rewrite. Build it "
-            "functionally or with keras.Sequential."
-        )
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            raise TypeError(
-                f"compact does not support nested models yet: layer '{layer.name}' of model "
-                f"'{model.name}' is a {type(layer).__name__}. Rebuild it as one functional model."
-            )
+    graph.graph_model(model)
+    if graph.has_nested(model):
+        model = graph.inline(model)
     plan = _Plan(model, threshold)
 
     def clone(layer):

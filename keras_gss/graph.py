@@ -162,3 +162,74 @@ def live_flops(infos: list[LayerInfo], live: list[int]) -> float:
 def live_weights(infos: list[LayerInfo], live: list[int]) -> float:
     """Grouped-weight entries left once dead groups and the inputs they fed are removed."""
     return _live_total(infos, live, [info.weights for info in infos])
+
+
+def has_nested(model: keras.Model) -> bool:
+    """Whether `model` calls another model as a layer."""
+    return any(isinstance(layer, keras.Model) for layer in getattr(model, "layers", []))
+
+
+def graph_model(model: keras.Model, owner: str = ""):
+    """The functional graph of a Sequential or functional model (TypeError otherwise)."""
+    kinds = {"Functional", "Sequential"}
+    if not any(cls.__name__ in kinds for cls in type(model).__mro__):
+        raise TypeError(
+            f"compact rewrites Sequential and functional models; model '{model.name}'{owner} "
+            f"is subclassed ({type(model).__name__}) and has no layer graph to rewrite. Build "
+            "it functionally or with keras.Sequential."
+        )
+    functional = getattr(model, "_functional", None) or model  # a built Sequential's graph
+    if not hasattr(functional, "_run_through_graph") or not functional.inputs:
+        raise TypeError(
+            f"compact: model '{model.name}'{owner} is not built with an Input; build it first."
+        )
+    return functional
+
+
+def inline(model: keras.Model) -> keras.Model:
+    """An equal flat functional model: nested models' layers called in place, each
+    layer a fresh copy with the same weights (a shared layer stays shared).
+
+    Example:
+
+    >>> import keras
+    >>> from keras_gss import graph
+    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="inner")
+    >>> x = keras.Input((4,))
+    >>> flat = graph.inline(keras.Model(x, keras.layers.Dense(2)(inner(x))))
+    >>> [type(layer).__name__ for layer in flat.layers]
+    ['InputLayer', 'Dense', 'Dense']
+    """
+    copies: dict[int, tuple] = {}  # id(original) -> (original, copy)
+    used = {layer.name for layer in model.layers if not isinstance(layer, keras.Model)}
+
+    def operation(op, path: str):
+        if isinstance(op, keras.Model):
+            inner = graph_model(op, f" (nested in '{path}')")
+            return lambda *args, **kwargs: inner._run_through_graph(
+                args[0] if len(args) == 1 else list(args),
+                lambda o: operation(o, f"{path}/{op.name}"),
+            )
+        if id(op) not in copies:
+            config = op.get_config()
+            if path != model.name:  # a nested layer: a unique name in the flat model
+                name = base = config["name"]
+                while name in used:
+                    name = f"{path.split('/')[-1]}_{base}" if name == base else f"{name}_"
+                config["name"] = name
+                used.add(name)
+            copies[id(op)] = (op, type(op).from_config(config))
+        return copies[id(op)][1]
+
+    outer = graph_model(model)
+    inputs = [
+        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history[0].name)
+        for t in outer.inputs
+    ]
+    outputs = outer._run_through_graph(
+        inputs[0] if len(inputs) == 1 else inputs, lambda op: operation(op, model.name)
+    )
+    flat = keras.Model(inputs, outputs, name=model.name)
+    for old, new in copies.values():
+        new.set_weights([keras.ops.convert_to_numpy(w) for w in old.weights])
+    return flat

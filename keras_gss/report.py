@@ -219,6 +219,11 @@ def model_stats(model: keras.Model, threshold: float = 0.0) -> ModelStats:
     89480192.0
     """
     threshold = non_negative("threshold", threshold)
+    if graph.has_nested(model):
+        try:  # producers and consumers across nested models' boundaries
+            model = graph.inline(model)
+        except TypeError:  # a nested subclassed model: counted layer by layer
+            pass
     infos = graph.describe(model)
     live = [int(np.sum(groups.layer_group_norms(i.layer) > threshold)) for i in infos]
     params = int(model.count_params())

@@ -290,10 +290,56 @@ def test_unsupported_models_are_named():
     net(np.ones((1, 3), "float32"))
     with pytest.raises(TypeError, match="subclassed"):
         gss.compact(net)
-    inner = keras.Sequential([keras.Input((3,)), L.Dense(2)], name="inner")
     inputs = keras.Input((3,))
-    with pytest.raises(TypeError, match="'inner'"):
-        gss.compact(keras.Model(inputs, inner(inputs)))
+    outer = keras.Model(inputs, L.Dense(2)(net(L.Dense(3)(inputs))), name="outer")
+    with pytest.raises(TypeError, match="nested in 'outer'.*subclassed"):
+        gss.compact(outer)
+
+
+def nested_model():
+    """A functional model around a nested Sequential and a nested functional model
+    whose layer names repeat the outer ones."""
+    features = keras.Sequential(
+        [keras.Input((10, 10, 3)), L.Conv2D(8, 3, activation="relu", name="dense"),
+         L.MaxPooling2D(), L.Conv2D(6, 3, activation="relu", name="c2")],
+        name="features",
+    )  # fmt: skip
+    head_in = keras.Input((2, 2, 6))
+    head = keras.Model(head_in, L.Dense(5, activation="relu", name="dense")(L.Flatten()(head_in)),
+                       name="head")  # fmt: skip
+    x = keras.Input((10, 10, 3))
+    return keras.Model(x, L.Dense(3, name="out")(head(features(x))), name="outer")
+
+
+def test_nested_models_are_inlined_and_stay_exact(tmp_path):
+    model = nested_model()
+    randomize(model)
+    kill(model.get_layer("features").get_layer("dense"), [0, 3, 5])
+    kill(model.get_layer("features").get_layer("c2"), [1, 4])
+    kill(model.get_layer("head").get_layer("dense"), [2])
+    small = gss.compact(model)
+    assert_same_function(model, small, (10, 10, 3))
+    assert not any(isinstance(layer, keras.Model) for layer in small.layers)
+    widths = [layer.kernel.shape[-1] for layer in small.layers if hasattr(layer, "kernel")]
+    assert widths == [5, 4, 4, 3]
+    assert small.count_params() == gss.model_stats(model).live_params
+    assert len({layer.name for layer in small.layers}) == len(small.layers)
+    # the original is untouched, and the result is plain Keras
+    assert model.get_layer("features").get_layer("dense").kernel.shape[-1] == 8
+    small.save(tmp_path / "small.keras")
+    restored = keras.models.load_model(tmp_path / "small.keras")
+    assert_same_function(small, restored, (10, 10, 3))
+
+
+def test_a_nested_model_used_twice_stays_exact():
+    block = keras.Sequential([keras.Input((6,)), L.Dense(6, activation="relu")], name="block")
+    x = keras.Input((6,))
+    y = L.Dense(2)(L.Add()([block(x), block(L.Dense(6)(x))]))
+    model = keras.Model(x, y)
+    randomize(model)
+    kill(block.layers[0], [1, 2])
+    small = gss.compact(model)
+    assert_same_function(model, small, (6,))
 
 
 @settings(max_examples=8, deadline=None)
