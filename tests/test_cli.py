@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 
 import keras_gss as gss
 
@@ -84,3 +85,25 @@ def test_benchmark_quick_path_writes_valid_json(tmp_path):
                  "--levels", "0.5", "0.9", "--out", str(out)], cwd=ROOT)  # fmt: skip
     assert json.loads((out / "results.json").read_text())["results"] == data["results"]
     assert "min]" in again
+
+
+def test_inference_benchmark_quick_path_with_given_weights(tmp_path):
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "lenet.weights.h5"
+    gss.models.lenet().save_weights(weights)
+    out = tmp_path / "speed.json"
+    script = str(ROOT / "benchmarks" / "inference_speed.py")
+    stdout = run([sys.executable, script, "--quick", "--repeats", "2", "--weights", str(weights),
+                  "--out", str(out)], cwd=ROOT)  # fmt: skip
+    assert "| level | FLOP ratio" in stdout
+    data = json.loads(out.read_text())
+    assert data["weights"] == str(weights)
+    assert [row["level"] for row in data["rows"]] == ["W50", "W70", "W90", "W95", "F85"]
+    for row in data["rows"]:
+        assert row["max_abs_diff"] <= 1e-4
+        assert row["widths"][-1] == 10 and len(row["widths"]) == 5
+        assert row["params_compact"] < row["params_dense"]
+        assert row["speedup_compiled_b256"] == pytest.approx(
+            row["ms_dense_compiled_b256"] / row["ms_compact_compiled_b256"]
+        )
+    assert data["rows"][-1]["flop_ratio"] <= 0.15 + 1e-6
