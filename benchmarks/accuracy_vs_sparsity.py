@@ -52,13 +52,21 @@ VARIANTS = {
     "recipe-gradual": R(
         "group-lasso", lasso=5e-4, proximal=1e-5, ranking="auto", min_live_groups=4, gradual=True
     ),
+    "recipe-gradual-weaker": R(
+        "group-lasso", lasso=2e-4, proximal=5e-6, ranking="auto", min_live_groups=4, gradual=True
+    ),
 }
+# the dense network with the widths `compact` gives another method's pruned model
+# at the same seed and level, trained from scratch with the same budget: how much
+# of the drop is the smaller architecture itself (Liu et al. 2019)
+SCRATCH = {"scratch": "recipe"}
+VARIANTS["scratch"] = R("dense")
 CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
 ABLATION = [
     "recipe-gradual", "gss-fraction", "gss-scale-invariant", "gss-warmup", "ssl-proximal",
-    "ssl-auto", "recipe-strong", "recipe-weaker",
+    "ssl-auto", "recipe-strong", "recipe-weaker", "scratch", "recipe-gradual-weaker",
 ]  # fmt: skip
-HEADLINE = ["gss-fraction", "recipe-gradual"]  # ablation variants run first for every seed
+HEADLINE = ["gss-fraction", "recipe-gradual", "scratch"]  # ablation run first for every seed
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 ABLATION_LEVELS = [0.8, 0.9, 0.95]
 GRADUAL_LEVELS = [0.9]  # a gradual variant trains once per level: the target levels only
@@ -125,10 +133,10 @@ def plan(args):
             levels = args.levels
             if phase is not CORE:
                 levels = [lv for lv in args.levels if lv in ABLATION_LEVELS] or args.levels
-            if VARIANTS[method].gradual:
+            if VARIANTS[method].gradual or method in SCRATCH:
                 levels = [lv for lv in levels if lv in GRADUAL_LEVELS] or levels
             jobs += [(seed, method, lv, "weights") for lv in levels]
-            if VARIANTS[method].structured:
+            if VARIANTS[method].structured or method in SCRATCH:
                 jobs += [(seed, method, lv, "flops") for lv in FLOP_LEVELS]
     return list(dict.fromkeys(jobs))  # a variant in two phases runs once
 
@@ -176,6 +184,33 @@ def run(args) -> list[dict]:
         model.save_weights(path)
         return model, time.perf_counter() - t0
 
+    def from_scratch(method, seed, level, metric, key):
+        """A narrow LeNet of the widths `SCRATCH[method]` kept, trained from scratch."""
+        source = cache / f"{SCRATCH[method]}-s{seed}-{key}.json"
+        widths = list(json.loads(source.read_text())["live_units"].values())
+        keras.utils.set_random_seed(seed)
+        model = models.lenet(filters=tuple(widths[:2]), units=tuple(widths[2:4]))
+        t0 = time.perf_counter()
+        experiment.train(model, VARIANTS[method], x, y, args.epochs, **fit)
+        seconds = time.perf_counter() - t0
+        trained_accuracy = experiment.accuracy(model, xt, yt)
+        experiment.finetune(model, x, y, args.finetune, **fit)
+        dense = models.lenet()
+        stats, dense_stats = model_stats(model), model_stats(dense)
+
+        def kernels(m):
+            return sum(int(np.prod(w.shape)) for w in m.weights if w.path.endswith("kernel"))
+
+        return {
+            "method": method, "seed": seed, "level": level, "metric": metric, "key": key,
+            "recipe": {"shape_of": SCRATCH[method], "widths": widths},
+            "sparsity": 1 - kernels(model) / kernels(dense),
+            "accuracy_pruned": trained_accuracy,
+            "accuracy_finetuned": experiment.accuracy(model, xt, yt),
+            "flop_ratio": stats.flops / dense_stats.flops, "live_params": stats.params,
+            "live_units": live_units(model), "train_seconds": seconds,
+        }  # fmt: skip
+
     dense_results: dict[int, dict] = {}
 
     def dense_result(seed):
@@ -219,6 +254,9 @@ def run(args) -> list[dict]:
             row = json.loads(file.read_text())
         elif args.report_only:
             continue
+        elif method in SCRATCH:
+            row = from_scratch(method, seed, level, metric, key)
+            file.write_text(json.dumps(row, indent=1))
         else:
             recipe = VARIANTS[method]
             if metric == "flops":

@@ -107,3 +107,19 @@ def test_inference_benchmark_quick_path_with_given_weights(tmp_path):
             row["ms_dense_compiled_b256"] / row["ms_compact_compiled_b256"]
         )
     assert data["rows"][-1]["flop_ratio"] <= 0.15 + 1e-6
+
+
+def test_benchmark_from_scratch_baseline_copies_the_compact_widths(tmp_path):
+    out = tmp_path / "bench"
+    run([sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_sparsity.py"), "--quick",
+         "--dataset", "mnist", "--limit", "300", "--test-limit", "200", "--epochs", "1",
+         "--finetune", "0.5", "--methods", "dense", "recipe", "scratch",
+         "--levels", "0.9", "--out", str(out)], cwd=ROOT)  # fmt: skip
+    results = json.loads((out / "results.json").read_text())["results"]
+    rows = {(r["method"], r["key"]): r for r in results}
+    for key in ("W90", "F85"):
+        pruned, scratch = rows[("recipe", key)], rows[("scratch", key)]
+        assert scratch["live_units"] == pruned["live_units"]
+        assert scratch["flop_ratio"] == pytest.approx(pruned["flop_ratio"], rel=1e-6)
+        assert scratch["live_params"] == pruned["live_params"]
+        assert 0 <= scratch["accuracy_finetuned"] <= 1
