@@ -321,15 +321,15 @@ HEADER = ["method", "level", "seeds", "acc. pruned", "drop pruned", "acc. fine-t
 def add_speedups(agg: list[dict], out: Path, repeats: int = 10) -> None:
     """Measured dense-vs-compact speedup (batch 256, compiled forward pass) for each
     structured result: a LeNet of the compact widths (mean live units over seeds)
-    is timed against the dense one. Latency does not depend on weight values, and
+    is timed against the dense one, alternately. Latency does not depend on weight values, and
     `compact` of a pruned LeNet has exactly these shapes (tests/test_compact.py).
     Cached by widths in speedups.json."""
-    from inference_speed import compiled_forward, median_ms
+    from inference_speed import compiled_forward, paired_ms
 
     file = out / "speedups.json"
     cache = json.loads(file.read_text()) if file.exists() else {}
     x = np.random.default_rng(0).random((256, 28, 28, 1), dtype=np.float32)
-    dense_ms = None
+    dense = None
     for a in agg:
         units = a.get("live_units_mean")
         if not units:
@@ -337,10 +337,10 @@ def add_speedups(agg: list[dict], out: Path, repeats: int = 10) -> None:
         widths = [max(1, round(v)) for v in list(units.values())[:4]]
         key = "-".join(map(str, widths))
         if key not in cache:
-            if dense_ms is None:
-                dense_ms = median_ms(compiled_forward(models.lenet()), x, repeats)
+            dense = dense or compiled_forward(models.lenet())
             narrow = models.lenet(filters=tuple(widths[:2]), units=tuple(widths[2:]))
-            cache[key] = dense_ms / median_ms(compiled_forward(narrow), x, repeats)
+            dense_ms, narrow_ms = paired_ms(dense, compiled_forward(narrow), x, repeats)
+            cache[key] = dense_ms / narrow_ms
         a["speedup_b256"] = cache[key]
     file.write_text(json.dumps(cache, indent=1, sort_keys=True))
 

@@ -1,14 +1,15 @@
 """Inference speed: dense vs compact LeNet at several sparsity levels, in one process.
 
-The paper's LeNet is trained briefly (or loaded from the accuracy benchmark's
-weight cache), pruned by whole groups to each level, compacted with
-`keras_gss.compact`, and both models are timed (median of repeats after
-warm-up) at batch 1 and batch 256 through two call paths: Keras'
-`predict_on_batch`, and the forward pass compiled once for the backend (what an
-exported model serves: a `tf.function`'s concrete function, `jax.jit`, or
-`torch.no_grad`). The FLOP
-ratio (compact / dense) is the limit the speedup can reach; the time of a call
-to a model that does nothing (`floor`) is the fixed cost no compaction removes.
+The paper's LeNet is trained briefly (or given with `--weights`, e.g. the
+accuracy benchmark's recipe model), pruned by whole groups to each level,
+compacted with `keras_gss.compact`, and both models are timed (median of
+repeats after warm-up; dense and compact called alternately, so a change of
+machine speed hits both) at batch 1 and batch 256 through two call paths:
+Keras' `predict_on_batch`, and the forward pass compiled once for the backend
+(what an exported model serves: a `tf.function`'s concrete function, `jax.jit`,
+or `torch.no_grad`). The FLOP ratio (compact / dense) is the limit the speedup
+can reach; the time of a call to a model that does nothing (`floor`) is the
+fixed cost no compaction removes.
 
     python benchmarks/inference_speed.py --quick     # < 3 min on 2 cores
     KERAS_BACKEND=jax python benchmarks/inference_speed.py --quick
@@ -58,6 +59,8 @@ def compiled_forward(model):
     if backend == "jax":
         import jax
 
+        # the weights as compile-time constants; Keras' own jitted calls (predict)
+        # may donate these buffers, so make the function again after one of those
         trainable = [v.value for v in model.trainable_variables]
         frozen = [v.value for v in model.non_trainable_variables]
         fn = jax.jit(lambda x: model.stateless_call(trainable, frozen, x, training=False)[0])
@@ -85,6 +88,20 @@ def median_ms(call, x, repeats: int) -> float:
         call(x)
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
+
+
+def paired_ms(call_a, call_b, x, repeats: int) -> tuple[float, float]:
+    """Medians of `call_a(x)` and `call_b(x)` timed alternately, call by call, so a
+    change of machine speed during the run hits both alike."""
+    for call in (call_a, call_b, call_a, call_b):  # warm-up: trace and allocate
+        call(x)
+    times: tuple[list, list] = ([], [])
+    for _ in range(repeats):
+        for call, out in ((call_a, times[0]), (call_b, times[1])):
+            start = time.perf_counter()
+            call(x)
+            out.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times[0])), 1000 * float(np.median(times[1]))
 
 
 def floor_model(input_shape) -> keras.Model:
@@ -139,10 +156,11 @@ def main(argv=None) -> int:
     floor = floor_model(xt.shape[1:])
     floor_ms, dense_ms = {}, {}
     for path, make in PATHS.items():
-        call_floor, call_dense = make(floor), make(base)
+        call_floor = make(floor)
         for b, xb in batches.items():
-            floor_ms[f"{path}_b{b}"] = median_ms(call_floor, xb, repeats)
-            dense_ms[f"{path}_b{b}"] = median_ms(call_dense, xb, repeats)
+            floor_ms[f"{path}_b{b}"], dense_ms[f"{path}_b{b}"] = paired_ms(
+                call_floor, make(base), xb, repeats
+            )
     rows = []
     for key, level, metric in LEVELS:
         model = gss.models.lenet()
@@ -163,16 +181,15 @@ def main(argv=None) -> int:
             "widths": [int(w.shape[-1]) for w in small.weights if w.path.endswith("kernel")],
         }
         for path, make in PATHS.items():
-            call = make(small)
+            call, call_dense = make(small), make(base)
             for b, xb in batches.items():
-                k = f"{path}_b{b}"
-                compact_ms = median_ms(call, xb, repeats)
-                row[f"ms_dense_{k}"] = dense_ms[k]
+                k = f"{path}_b{b}"  # dense re-timed beside each compact model
+                row[f"ms_dense_{k}"], compact_ms = paired_ms(call_dense, call, xb, repeats)
                 row[f"ms_compact_{k}"] = compact_ms
-                row[f"speedup_{k}"] = dense_ms[k] / compact_ms
+                row[f"speedup_{k}"] = row[f"ms_dense_{k}"] / compact_ms
                 row[f"share_of_limit_{k}"] = row[f"speedup_{k}"] * stats.flop_ratio
                 # the speedup of the work compaction can remove: the fixed call cost aside
-                work = (dense_ms[k] - floor_ms[k]) / max(compact_ms - floor_ms[k], 1e-6)
+                work = (row[f"ms_dense_{k}"] - floor_ms[k]) / max(compact_ms - floor_ms[k], 1e-6)
                 row[f"speedup_above_floor_{k}"] = work
         rows.append(row)
         print(
