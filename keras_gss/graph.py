@@ -200,6 +200,8 @@ def inline(model: keras.Model) -> keras.Model:
     >>> [type(layer).__name__ for layer in flat.layers]
     ['InputLayer', 'Dense', 'Dense']
     """
+    # walks the graph with Keras' Function._run_through_graph (private, in every Keras
+    # 3 release), which calls operation(op) for each node: nested models recurse
     copies: dict[int, tuple] = {}  # id(original) -> (original, copy)
     used = {layer.name for layer in model.layers if not isinstance(layer, keras.Model)}
 
