@@ -390,12 +390,14 @@ def summary(agg: list[dict], methods: list[str]) -> list[str]:
 
 
 def versus_ssl(agg: list[dict]) -> list[str]:
-    """Each attention form (and the recipe) against plain group lasso, level by level."""
+    """Each attention form, recipe and from-scratch baseline against plain group
+    lasso, level by level."""
     by = {(a["method"], a["key"]): a for a in agg}
     keys = ["W80", "W90", "W95", "F85"]
     lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     contenders = [m for m in VARIANTS if m.startswith("gss") or m.startswith("ssl-")]
-    for method in [*contenders, "recipe", "recipe-strong", "recipe-weaker"]:
+    recipes = [m for m in VARIANTS if m.startswith("recipe")]
+    for method in [*contenders, *recipes, *SCRATCH]:
         cells = []
         for key in keys:
             a, b = by.get((method, key)), by.get(("ssl", key))
