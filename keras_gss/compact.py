@@ -4,9 +4,9 @@ A dead output unit/filter of a prunable layer is removed together with its bias
 entry, the per-channel weights of batch normalization layers it passes through,
 and the input slices of the layers that consume it (through activations,
 pooling, dropout, padding and Flatten, whose channels-last order puts channel
-`c` of position `p` at row `p * C + c`; depthwise convolutions with
-`depth_multiplier=1` and the depthwise half of separable convolutions are sliced
-too). Element-wise merges (Add, Multiply, ...) keep the union of the channels
+`c` of position `p` at row `p * C + c`; depthwise convolutions and the
+depthwise half of separable convolutions are sliced too: with a
+`depth_multiplier` m, input channel `c` owns outputs `c * m ... c * m + m - 1`). Element-wise merges (Add, Multiply, ...) keep the union of the channels
 live in any of their inputs; Concatenate offsets each input's kept channels.
 
 Exactness comes first. A dead unit whose output is a non-zero constant (a
@@ -16,8 +16,8 @@ consumer: Dense layers and convolutions without padding ('valid', or a kernel of
 size 1), reached through per-channel layers (activations, batch normalization,
 pooling, dropout, Flatten). Otherwise (a 'same'-padded convolution sees zeros at
 the border) it is kept. Channels that reach anything that cannot be sliced (a
-Reshape, a depthwise convolution with `depth_multiplier > 1`, a model output, an
-unknown layer) are kept, and such layers are copied unchanged.
+Reshape, a model output, an unknown layer) are kept, and such layers are copied
+unchanged; nested Sequential and functional models are inlined first.
 
 The result holds only standard Keras layers (keras-gss regularizers and
 constraints are dropped), so it loads where keras-gss is not installed.
@@ -123,12 +123,13 @@ def _bn_apply(layer, value: np.ndarray | float = 0.0) -> np.ndarray:
     return beta + gamma * (value - mean) / np.sqrt(var + layer.epsilon)
 
 
-def _depthwise(layer) -> bool:
-    """A depthwise convolution that maps input channel c to output channel c."""
+def _depthwise(layer, multiplier: bool = False) -> bool:
+    """A depthwise convolution that maps input channel c to output channel c (with
+    `multiplier`: to output channels c*m ... c*m + m - 1, m > 1)."""
     L = keras.layers
-    return isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)) and (
-        layer.depth_multiplier == 1
-    )
+    if not isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        return False
+    return layer.depth_multiplier > 1 if multiplier else layer.depth_multiplier == 1
 
 
 # element-wise layers without weights: a constant channel maps to f(constant)
@@ -199,6 +200,10 @@ class _Plan:
         self.shifted: dict[int, np.ndarray] = {}  # BatchNormalization -> channels it shifts
         self.passthrough: set[int] = set()  # channel-preserving layers that slice through
         self.depthwise: set[int] = set()  # depthwise convolutions sliced like passthrough
+        # depthwise convolutions with depth_multiplier m > 1: the root of a space whose
+        # channels are m copies of each channel of their input's space -> (input, m)
+        self.derived: dict[int, tuple[int, int]] = {}
+        self.needs: dict[int, np.ndarray] = {}  # layer -> its output channels others need
         self.fold: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # consumer -> rows, constants
         self.consumers: dict[int, list] = {}  # layer -> the layers reading its output
         for layer in self.layers:
@@ -219,6 +224,18 @@ class _Plan:
                 self.passthrough.add(key)
                 self.depthwise.add(key)
                 self._add_owner(key, threshold, foldable=False)
+                continue
+            if _depthwise(layer, multiplier=True) and key not in outputs and _maps_zero_to_zero(
+                layer
+            ):
+                m = int(layer.depth_multiplier)
+                self.derived[key] = (id(inputs[0]), m)
+                # a block with a non-zero constant output needs its input channel
+                nonzero = self._nonzero_output(self.info[key]) if key in self.info else None
+                if nonzero is None:
+                    self._pin_inputs_of(inputs[0])
+                else:
+                    self._need(id(inputs[0]), nonzero.reshape(-1, m).any(axis=1))
                 continue
             if isinstance(layer, graph._CHANNEL_PRESERVING) and self._slices_through(layer):
                 self._union(key, id(inputs[0]))
@@ -244,6 +261,12 @@ class _Plan:
         for key in model_outputs:
             self._pin_inputs_of(self.by_id[key])
         self.keep_space = self._space_keeps()
+        for layer in self.layers:  # in graph order: a derived space after its source
+            if id(layer) in self.derived:
+                source, m = self.derived[id(layer)]
+                kept = self.keep(self.by_id[source])
+                blocks = None if kept is None else (kept[:, None] * m + np.arange(m)).reshape(-1)
+                self.keep_space[self._find(id(layer))] = blocks
 
     # -- union-find over spaces ---------------------------------------------
 
@@ -288,10 +311,37 @@ class _Plan:
             keep[:] = True
         return keep
 
+    def _need(self, key: int, channels: np.ndarray) -> None:
+        self.needs[key] = self.needs.get(key, False) | channels
+
+    def _derived_spaces(self, members: dict[int, list[int]]) -> None:
+        """A space derived from a depthwise convolution with a multiplier keeps whole
+        blocks of its input's kept channels: anything there that needs more (a pin,
+        a merge, another owner) pins the input; a shifted block needs its channel."""
+        changed = True
+        while changed:
+            changed = False
+            for key, (source, m) in reversed(self.derived.items()):  # needs flow upstream
+                keys = members[self._find(key)]
+                if source in self.pinned:
+                    continue
+                if any(k in self.pinned or k in self.live for k in keys if k != key) or any(
+                    _merges(self.by_id[k]) for k in keys
+                ):
+                    self._pin_inputs_of(self.by_id[source])
+                    changed = True
+                    continue
+                for k in keys:
+                    if k in self.shifted:
+                        self._need(source, self.shifted[k].reshape(-1, m).any(axis=1))
+                    if k in self.needs and k != source:
+                        self._need(source, np.asarray(self.needs[k]).reshape(-1, m).any(axis=1))
+
     def _space_keeps(self) -> dict[int, np.ndarray | None]:
         members: dict[int, list[int]] = {}
         for key in self.parent:
             members.setdefault(self._find(key), []).append(key)
+        self._derived_spaces(members)
         keeps: dict[int, np.ndarray | None] = {}
         for root, keys in members.items():
             owners = [k for k in keys if k in self.live]
@@ -304,6 +354,8 @@ class _Plan:
             for k in keys:
                 if k in self.shifted:
                     live |= self.shifted[k]
+                if k in self.needs:
+                    live |= self.needs[k]
             constant = live & ~self.kernel_live.get(owners[0], live)
             if constant.any() and self._plan_folds(keys, owners, live & ~constant):
                 live &= ~constant
@@ -472,6 +524,11 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
 
 def _new_weights(layer, plan: _Plan) -> list[np.ndarray]:
     weights = [np.asarray(ops.convert_to_numpy(w)) for w in layer.weights]
+    if id(layer) in plan.derived:  # kernel (..., channels, m): input channels; bias: blocks
+        in_keep, out_keep = plan.input_keep(layer), plan.keep(layer)
+        if in_keep is None:
+            return weights
+        return [_slice(w, -2, in_keep) if w.ndim > 1 else _slice(w, 0, out_keep) for w in weights]
     if isinstance(layer, keras.layers.BatchNormalization) or id(layer) in plan.depthwise:
         kept = plan.keep(layer)  # per-channel weights, channels last
         if kept is None:

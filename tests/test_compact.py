@@ -197,6 +197,52 @@ def test_depthwise_and_separable_are_sliced():
     assert_same_function(model, small, (9, 9, 3))
 
 
+def depthwise_multiplier_model(follow=None, chain=False):
+    """conv (6 filters) -> depthwise x2 -> [depthwise x3] -> [follow] -> 1x1 conv -> head;
+    filters 1 and 4 of the first conv dead, the depthwise biases of their blocks zero."""
+    x = keras.Input((11, 11, 3))
+    h = L.DepthwiseConv2D(3, depth_multiplier=2, activation="relu", name="dw")(
+        L.Conv2D(6, 3, activation="relu", name="c1")(x)
+    )
+    if chain:
+        h = L.DepthwiseConv2D(3, depth_multiplier=3, name="dw2")(h)
+    if follow == "bn":
+        h = L.BatchNormalization()(h)
+    if follow == "add":
+        h = L.Add()([h, L.Conv2D(h.shape[-1], 5 if not chain else 7, name="side")(x)])
+    h = L.Conv2D(5, 1, activation="relu", name="pw")(h)
+    model = keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(h)))
+    randomize(model)
+    kill(model.get_layer("c1"), [1, 4])
+    zero_bias = {"dw": [2, 3, 8, 9], "dw2": [6, 7, 8, 9, 10, 11, 24, 25, 26, 27, 28, 29]}
+    for name, ids in zero_bias.items():
+        if name == "dw2" and not chain:
+            continue
+        bias = keras.ops.convert_to_numpy(model.get_layer(name).bias).copy()
+        bias[ids] = 0
+        model.get_layer(name).bias.assign(bias)
+    return model
+
+
+@pytest.mark.parametrize(
+    "follow, chain, widths",
+    [
+        (None, False, [4, 4, 8]),  # dead filters removed with their blocks of m outputs
+        (None, True, [4, 4, 8, 24]),  # through a chain of multipliers
+        ("bn", False, [6, 6, 12]),  # a BN shift makes the dead blocks constant: kept
+        ("add", False, [6, 6, 12, 12]),  # a merge in the multiplied space: kept
+    ],
+)
+def test_depthwise_with_a_multiplier(follow, chain, widths):
+    model = depthwise_multiplier_model(follow, chain)
+    small = gss.compact(model)
+    assert_same_function(model, small, (11, 11, 3))
+    got = [w.shape[-2] if "dw" in w.path else w.shape[-1] for w in small.weights
+           if w.path.endswith("kernel") and "pw" not in w.path and "out" not in w.path]  # fmt: skip
+    got.append(small.get_layer("pw").kernel.shape[-2])
+    assert got == widths
+
+
 def test_constants_of_dead_units_fold_into_the_next_bias():
     model = keras.Sequential(
         [
