@@ -6,8 +6,9 @@ and the input slices of the layers that consume it (through activations,
 pooling, dropout, padding and Flatten, whose channels-last order puts channel
 `c` of position `p` at row `p * C + c`; depthwise convolutions and the
 depthwise half of separable convolutions are sliced too: with a
-`depth_multiplier` m, input channel `c` owns outputs `c * m ... c * m + m - 1`). Element-wise merges (Add, Multiply, ...) keep the union of the channels
-live in any of their inputs; Concatenate offsets each input's kept channels.
+`depth_multiplier` m, input channel `c` owns outputs `c * m ... c * m + m - 1`).
+Element-wise merges (Add, Multiply, ...) keep the union of the channels live in
+any of their inputs; Concatenate offsets each input's kept channels.
 
 Exactness comes first. A dead unit whose output is a non-zero constant (a
 non-zero bias, an activation with `f(0) != 0`, a batch normalization that shifts
