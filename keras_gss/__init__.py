@@ -8,7 +8,7 @@ Example:
 >>> model = gss.attach(model)  # GuidedStructuredSparsity on every hidden layer
 """
 
-from keras_gss import datasets, graph, groups, models, pruning
+from keras_gss import datasets, experiment, graph, groups, models, pruning
 from keras_gss.attach import attach, detach
 from keras_gss.compact import compact, register_compaction
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
@@ -42,6 +42,7 @@ __all__ = [
     "compact",
     "datasets",
     "detach",
+    "experiment",
     "graph",
     "groups",
     "model_stats",

@@ -27,3 +27,11 @@ def test_code_is_ruff_clean():
 
     result = subprocess.run(["ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_api_table_names_every_public_name():
+    import keras_gss
+
+    api = README[README.index("## API") : README.index("## The main job")]
+    missing = [n for n in keras_gss.__all__ if not re.search(rf"`{n}[`(.]", api)]
+    assert not missing, f"README's API table does not name {missing}"
