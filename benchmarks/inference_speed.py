@@ -79,17 +79,6 @@ def compiled_forward(model):
 PATHS = {"predict": lambda model: model.predict_on_batch, "compiled": compiled_forward}
 
 
-def median_ms(call, x, repeats: int) -> float:
-    call(x)  # warm-up: trace and allocate
-    call(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
 def paired_ms(call_a, call_b, x, repeats: int) -> tuple[float, float]:
     """Medians of `call_a(x)` and `call_b(x)` timed alternately, call by call, so a
     change of machine speed during the run hits both alike."""
