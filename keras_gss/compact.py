@@ -124,6 +124,11 @@ def _bn_apply(layer, value: np.ndarray | float = 0.0) -> np.ndarray:
     return beta + gamma * (value - mean) / np.sqrt(var + layer.epsilon)
 
 
+def _blocks(channels: np.ndarray, m: int) -> np.ndarray:
+    """Input channels of a depthwise multiplier `m` with any of their `m` outputs set."""
+    return np.asarray(channels).reshape(-1, m).any(axis=1)
+
+
 def _depthwise(layer, multiplier: bool = False) -> bool:
     """A depthwise convolution that maps input channel c to output channel c (with
     `multiplier`: to output channels c*m ... c*m + m - 1, m > 1)."""
@@ -198,13 +203,14 @@ class _Plan:
         self.pinned: set[int] = set()
         self.live: dict[int, np.ndarray] = {}  # compactable layer -> units to keep
         self.kernel_live: dict[int, np.ndarray] = {}  # ... -> units with a live kernel
-        self.shifted: dict[int, np.ndarray] = {}  # BatchNormalization -> channels it shifts
         self.passthrough: set[int] = set()  # channel-preserving layers that slice through
         self.depthwise: set[int] = set()  # depthwise convolutions sliced like passthrough
         # depthwise convolutions with depth_multiplier m > 1: the root of a space whose
         # channels are m copies of each channel of their input's space -> (input, m)
         self.derived: dict[int, tuple[int, int]] = {}
-        self.needs: dict[int, np.ndarray] = {}  # layer -> its output channels others need
+        # layer -> output channels that must stay whatever their owner's groups say:
+        # those a BatchNormalization shifts off zero, those a derived block needs
+        self.needs: dict[int, np.ndarray] = {}
         self.fold: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # consumer -> rows, constants
         self.consumers: dict[int, list] = {}  # layer -> the layers reading its output
         for layer in self.layers:
@@ -226,8 +232,10 @@ class _Plan:
                 self.depthwise.add(key)
                 self._add_owner(key, threshold, foldable=False)
                 continue
-            if _depthwise(layer, multiplier=True) and key not in outputs and _maps_zero_to_zero(
-                layer
+            if (
+                _depthwise(layer, multiplier=True)
+                and key not in outputs
+                and _maps_zero_to_zero(layer)
             ):
                 m = int(layer.depth_multiplier)
                 self.derived[key] = (id(inputs[0]), m)
@@ -236,13 +244,13 @@ class _Plan:
                 if nonzero is None:
                     self._pin_inputs_of(inputs[0])
                 else:
-                    self._need(id(inputs[0]), nonzero.reshape(-1, m).any(axis=1))
+                    self._need(id(inputs[0]), _blocks(nonzero, m))
                 continue
             if isinstance(layer, graph._CHANNEL_PRESERVING) and self._slices_through(layer):
                 self._union(key, id(inputs[0]))
                 self.passthrough.add(key)
                 if isinstance(layer, keras.layers.BatchNormalization):
-                    self.shifted[key] = _bn_apply(layer) != 0
+                    self._need(key, _bn_apply(layer) != 0)
                 continue
             if _merges(layer):
                 for source in inputs:
@@ -318,7 +326,7 @@ class _Plan:
     def _derived_spaces(self, members: dict[int, list[int]]) -> None:
         """A space derived from a depthwise convolution with a multiplier keeps whole
         blocks of its input's kept channels: anything there that needs more (a pin,
-        a merge, another owner) pins the input; a shifted block needs its channel."""
+        a merge, another owner) pins the input; a needed block needs its channel."""
         changed = True
         while changed:
             changed = False
@@ -333,10 +341,8 @@ class _Plan:
                     changed = True
                     continue
                 for k in keys:
-                    if k in self.shifted:
-                        self._need(source, self.shifted[k].reshape(-1, m).any(axis=1))
                     if k in self.needs and k != source:
-                        self._need(source, np.asarray(self.needs[k]).reshape(-1, m).any(axis=1))
+                        self._need(source, _blocks(self.needs[k], m))
 
     def _space_keeps(self) -> dict[int, np.ndarray | None]:
         members: dict[int, list[int]] = {}
@@ -353,8 +359,6 @@ class _Plan:
             for k in owners:
                 live |= self.live[k]
             for k in keys:
-                if k in self.shifted:
-                    live |= self.shifted[k]
                 if k in self.needs:
                     live |= self.needs[k]
             constant = live & ~self.kernel_live.get(owners[0], live)
