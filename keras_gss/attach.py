@@ -116,9 +116,9 @@ def attach(
     The default regularizer is the paper's. What won our benchmark (README,
     "Benchmark: accuracy vs sparsity") is a weaker plain group lasso with a
     proximal step, pruned with cost-aware ranking:
-    `attach(model, GroupLasso(5e-4), proximal=1e-5)` for about 1,800 steps (keep
-    `proximal x steps` near 0.02), then `SparsityMonitor(..., ranking="auto",
-    min_live_groups=4)`.
+    `attach(model, GroupLasso(2e-4), proximal=5e-6)` for about 1,800 steps (keep
+    `proximal x steps` near 0.01), pruned while it trains by
+    `SparsityMonitor(target_sparsity=..., ranking="auto", min_live_groups=4)`.
 
     Returns:
         The same model.
