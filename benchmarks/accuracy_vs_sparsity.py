@@ -55,6 +55,11 @@ VARIANTS = {
     "recipe-gradual-weaker": R(
         "group-lasso", lasso=2e-4, proximal=5e-6, ranking="auto", min_live_groups=4, gradual=True
     ),
+    # pruned in small steps (every 50 batches) and at the level one epoch before the end
+    "recipe-steps": R(
+        "group-lasso", lasso=2e-4, proximal=5e-6, ranking="auto", min_live_groups=4, gradual=True,
+        end_epoch=1, update_freq=50,
+    ),  # fmt: skip
     # the fraction attention on top of the recipe: does an attention term add to it?
     "recipe-fraction": R(
         "gss", lasso=5e-4, variance=5e-4, attention="fraction", keep=0.25, proximal=1e-5,
@@ -70,7 +75,7 @@ CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
 ABLATION = [
     "recipe-gradual", "gss-fraction", "gss-scale-invariant", "gss-warmup", "ssl-proximal",
     "ssl-auto", "recipe-strong", "recipe-weaker", "scratch", "recipe-gradual-weaker",
-    "recipe-fraction",
+    "recipe-fraction", "recipe-steps",
 ]  # fmt: skip
 HEADLINE = ["gss-fraction", "recipe-gradual", "scratch"]  # ablation run first for every seed
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]

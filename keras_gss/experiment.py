@@ -39,6 +39,9 @@ class Recipe:
         min_live_groups: live groups every layer keeps when pruning.
         gradual: prune to the level during training (a `SparsityMonitor` ramping
             the target cubically over the epochs) instead of once afterwards.
+        end_epoch: with `gradual`, the epoch (0-based) at whose end the level is
+            reached (None = the last).
+        update_freq: with `gradual`, prune every this many batches (or `"epoch"`).
     """
 
     method: str = "gss"
@@ -52,6 +55,8 @@ class Recipe:
     metric: str = "weights"
     min_live_groups: int = 1
     gradual: bool = False
+    end_epoch: int | None = None
+    update_freq: str | int = "epoch"
 
     def __post_init__(self):
         pruning.check_choice("method", self.method, METHODS)
@@ -68,6 +73,8 @@ class Recipe:
             ranking=self.ranking,
             metric=self.metric,
             min_live_groups=self.min_live_groups,
+            end_epoch=self.end_epoch,
+            update_freq=self.update_freq,
             verbose=verbose,
         )
 

@@ -17,17 +17,29 @@ from keras_gss._validate import fraction, non_negative
 from keras_gss.report import SparsityReport
 
 
-def cubic_ramp(target: float, epoch: int, begin_epoch: int, epochs: int) -> float:
-    """Sparsity to reach at the end of `epoch` (0-based), Zhu & Gupta (2017).
+def cubic_ramp(target: float, elapsed: float, begin: float, end: float) -> float:
+    """Sparsity to reach after `elapsed` epochs of training, Zhu & Gupta (2017).
 
-    ``s_t = target * (1 - (1 - p)^3)`` with ``p = (epoch - begin_epoch + 1) /
-    (epochs - begin_epoch)`` clipped to [0, 1]: 0 before `begin_epoch`, `target`
-    at the last epoch.
+    ``s = target * (1 - (1 - p)^3)`` with ``p = (elapsed - begin) / (end - begin)``
+    clipped to [0, 1]: 0 until `begin` epochs are done, `target` once `end` are.
+    `elapsed` may be fractional (2.5 = half-way through the third epoch).
+
+    >>> round(cubic_ramp(0.9, elapsed=2, begin=0, end=4), 4)
+    0.7875
     """
-    if epoch < begin_epoch:
+    if elapsed <= begin:
         return 0.0
-    progress = min(1.0, (epoch - begin_epoch + 1) / max(1, epochs - begin_epoch))
+    progress = min(1.0, (elapsed - begin) / max(end - begin, 1e-9))
     return target * (1.0 - (1.0 - progress) ** 3)
+
+
+def _int_at_least(name: str, value, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected an int >= {low}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
 
 
 class SparsityMonitor(keras.callbacks.Callback):
@@ -46,7 +58,11 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     With `target_sparsity`, the lowest-ranked live groups are pruned until that
     fraction of all prunable kernel weights (or of FLOPs, `metric="flops"`) is
-    gone, ramped cubically from `begin_epoch` to the last epoch of `fit`. Groups
+    gone, ramped cubically from the start of `begin_epoch` to the end of
+    `end_epoch` (by default the last epoch of `fit`). With `update_freq=N` the
+    ramp also advances every N batches, so the network adapts to many small
+    cuts instead of a few large ones (Zhu & Gupta 2017); ending the ramp before
+    the last epoch leaves epochs to recover at the final sparsity. Groups
     of different layers are ranked against each other by `ranking`: by default
     their root-mean-square weight (`||W_g||_2 / sqrt(size of g)`), which favours
     neither small nor large layers; `"hybrid"` divides it by the share of weights
@@ -61,6 +77,12 @@ class SparsityMonitor(keras.callbacks.Callback):
         target_sparsity: fraction to remove by the end of `fit`, in [0, 1)
             (default None: threshold pruning only).
         begin_epoch: first epoch (0-based) of the target ramp (default 0).
+        end_epoch: epoch (0-based) at whose end the target is reached (default
+            None: the last epoch of `fit`); at least `begin_epoch`.
+        update_freq: `"epoch"` (default) prunes at epoch ends; an int N also
+            prunes every N training batches, at the ramp's value for that point
+            of the epoch (needs a known number of steps per epoch; on JAX each
+            pruning step retraces the train step). History stays per epoch.
         verbose: 1 prints a per-layer table at every epoch end, 0 is silent
             (default 1).
         relative_threshold: also prune groups whose norm is at or below this
@@ -95,6 +117,8 @@ class SparsityMonitor(keras.callbacks.Callback):
         ranking: str = "rms",
         metric: str = "weights",
         min_live_groups: int = 1,
+        end_epoch: int | None = None,
+        update_freq: str | int = "epoch",
     ):
         super().__init__()
         self.threshold = non_negative("threshold", threshold)
@@ -102,26 +126,29 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.relative_threshold = fraction("relative_threshold", relative_threshold)
         self.ranking = pruning.check_choice("ranking", ranking, pruning.RANKINGS)
         self.metric = pruning.check_choice("metric", metric, pruning.METRICS)
-        if not isinstance(begin_epoch, int) or isinstance(begin_epoch, bool) or begin_epoch < 0:
-            raise ValueError(
-                "Invalid value for argument `begin_epoch`. Expected an int >= 0. "
-                f"Received: begin_epoch={begin_epoch!r}"
-            )
+        _int_at_least("begin_epoch", begin_epoch, 0)
+        if end_epoch is not None:
+            _int_at_least("end_epoch", end_epoch, begin_epoch)
+        if update_freq != "epoch":
+            if not isinstance(update_freq, int) or isinstance(update_freq, bool) or update_freq < 1:
+                raise ValueError(
+                    "Invalid value for argument `update_freq`. Expected 'epoch' or an int "
+                    f">= 1 (batches). Received: update_freq={update_freq!r}"
+                )
         if self.target_sparsity is not None and not prune:
             raise ValueError(
                 "`target_sparsity` needs `prune=True`: a monitor that only measures "
                 f"cannot reach a target. Received: target_sparsity={target_sparsity}, "
                 "prune=False"
             )
-        if not isinstance(min_live_groups, int) or min_live_groups < 1:
-            raise ValueError(
-                "Invalid value for argument `min_live_groups`. Expected an int >= 1. "
-                f"Received: min_live_groups={min_live_groups!r}"
-            )
-        self.min_live_groups = min_live_groups
+        self.min_live_groups = _int_at_least("min_live_groups", min_live_groups, 1)
         self.prune = bool(prune)
         self.freeze = bool(freeze)
         self.begin_epoch = begin_epoch
+        self.end_epoch = end_epoch
+        self.update_freq = update_freq
+        self._epoch = 0
+        self._next_batch = 0
         self.verbose = int(verbose)
         self.history: list[dict] = []
         self._infos: list[graph.LayerInfo] = []
@@ -143,11 +170,26 @@ class SparsityMonitor(keras.callbacks.Callback):
                 f"SparsityMonitor: model '{model.name}' has no prunable layer "
                 "(Dense, Conv*, ...): nothing to measure."
             )
-        epochs = (self.params or {}).get("epochs")
-        if self.target_sparsity is not None and epochs is not None and self.begin_epoch >= epochs:
+        params = self.params or {}
+        epochs = params.get("epochs")
+        if self.target_sparsity is not None and epochs is not None:
+            if self.begin_epoch >= epochs:
+                warnings.warn(
+                    f"SparsityMonitor: begin_epoch={self.begin_epoch} is not before the last "
+                    f"epoch of this fit (epochs={epochs}): the target ramp will not run.",
+                    stacklevel=2,
+                )
+            elif self.end_epoch is not None and self.end_epoch >= epochs:
+                warnings.warn(
+                    f"SparsityMonitor: end_epoch={self.end_epoch} is not an epoch of this fit "
+                    f"(epochs={epochs}): the target will not be reached.",
+                    stacklevel=2,
+                )
+        if self.update_freq != "epoch" and self.prune and not params.get("steps"):
             warnings.warn(
-                f"SparsityMonitor: begin_epoch={self.begin_epoch} is not before the last "
-                f"epoch of this fit (epochs={epochs}): the target ramp will not run.",
+                "SparsityMonitor: the number of steps per epoch is unknown (pass "
+                "`steps_per_epoch` to fit), so update_freq="
+                f"{self.update_freq} falls back to pruning at epoch ends.",
                 stacklevel=2,
             )
         if self.prune and self.freeze:
@@ -155,19 +197,26 @@ class SparsityMonitor(keras.callbacks.Callback):
             if pruning.install_masks(model, self._infos):  # later pruning: no retrace
                 self._retrace()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._next_batch = self.update_freq if self.update_freq != "epoch" else 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = (self.params or {}).get("steps")
+        if not self._next_batch or not self.prune or not steps or batch + 1 < self._next_batch:
+            return
+        self._next_batch = ((batch + 1) // self.update_freq + 1) * self.update_freq
+        if batch + 1 < steps:  # the epoch end prunes the last batches
+            self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state
+            self._prune(self._target_at(self._epoch + (batch + 1) / steps))
+
     def on_epoch_end(self, epoch, logs=None):
         self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state
-        rows, norms = pruning.measure(self._infos, self.threshold, check_finite=self.prune)
-        target = None
+        target = self._target_at(epoch + 1) if self.prune else None
         if self.prune:
-            target = self._target_at(epoch)
-            dead = pruning.select(
-                self._infos, rows, norms, self.threshold, self.relative_threshold,
-                target, self.metric, self.ranking, self.min_live_groups,
-            )  # fmt: skip
-            if any(d.any() for d in dead):
-                self._apply(dead)
-                rows, norms = pruning.measure(self._infos, self.threshold, check_finite=False)
+            rows, norms = self._prune(target)
+        else:
+            rows, norms = pruning.measure(self._infos, self.threshold, check_finite=False)
         report = SparsityReport(rows=tuple(rows), threshold=self.threshold)
         live = [int(n.size - r.zero_groups) for n, r in zip(norms, rows)]
         flop_ratio = graph.live_flops(self._infos, live) / max(
@@ -196,11 +245,25 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     # -- internals ---------------------------------------------------------
 
-    def _target_at(self, epoch: int) -> float | None:
+    def _target_at(self, elapsed: float) -> float | None:
+        """The ramp's target after `elapsed` epochs of this fit."""
         if self.target_sparsity is None:
             return None
-        epochs = (self.params or {}).get("epochs") or (epoch + 1)
-        return cubic_ramp(self.target_sparsity, epoch, self.begin_epoch, epochs)
+        epochs = (self.params or {}).get("epochs") or int(elapsed)
+        end = epochs if self.end_epoch is None else self.end_epoch + 1
+        return cubic_ramp(self.target_sparsity, elapsed, self.begin_epoch, end)
+
+    def _prune(self, target: float | None):
+        """Prune to `target` (and the thresholds); `(rows, norms)` measured after."""
+        rows, norms = pruning.measure(self._infos, self.threshold, check_finite=True)
+        dead = pruning.select(
+            self._infos, rows, norms, self.threshold, self.relative_threshold,
+            target, self.metric, self.ranking, self.min_live_groups,
+        )  # fmt: skip
+        if any(d.any() for d in dead):
+            self._apply(dead)
+            rows, norms = pruning.measure(self._infos, self.threshold, check_finite=False)
+        return rows, norms
 
     def _apply(self, dead) -> None:
         if pruning.apply(self.model, self._infos, dead, self.freeze):

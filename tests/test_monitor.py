@@ -14,11 +14,65 @@ def dead_groups(layer):
 
 
 def test_cubic_ramp_formula():
-    assert cubic_ramp(0.9, 0, 2, 10) == 0.0
-    assert cubic_ramp(0.9, 9, 2, 10) == pytest.approx(0.9)
-    p = 3 / 8
-    assert cubic_ramp(0.9, 4, 2, 10) == pytest.approx(0.9 * (1 - (1 - p) ** 3))
-    assert cubic_ramp(0.5, 20, 0, 10) == pytest.approx(0.5)
+    def reference(target, elapsed, begin, end):  # Zhu & Gupta (2017), eq. 1
+        p = np.clip((elapsed - begin) / (end - begin), 0.0, 1.0)
+        return target * (1 - (1 - p) ** 3)
+
+    for elapsed in (0, 1, 2, 2.5, 3.75, 6, 9.9, 10, 20):
+        assert cubic_ramp(0.9, elapsed, 2, 10) == pytest.approx(reference(0.9, elapsed, 2, 10))
+    assert cubic_ramp(0.9, 2, 2, 10) == 0.0
+    assert cubic_ramp(0.9, 10, 2, 10) == pytest.approx(0.9)
+    assert cubic_ramp(0.5, 3, 4, 4) == 0.0 and cubic_ramp(0.5, 5, 4, 4) == 0.5
+
+
+def test_update_freq_prunes_inside_epochs_and_end_epoch_finishes_early(toy_data):
+    x, y = toy_data  # 768 examples, batch 64: 12 steps per epoch
+    model = compile_classifier(gss.attach(mlp(), gss.GroupLasso(1e-3)))
+    monitor = gss.SparsityMonitor(target_sparsity=0.7, end_epoch=1, update_freq=3, verbose=0)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            sparsity = gss.sparsity_report(self.model, threshold=0.0).sparsity
+            seen.append((self.epoch, batch, sparsity))
+
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[monitor, Spy()])
+    sparsity = [s for _, _, s in seen]
+    assert all(b >= a for a, b in zip(sparsity, sparsity[1:]))  # pruned groups stay pruned
+    assert seen[2][2] > 0 and seen[1][2] == 0  # first cut after 3 batches, not before
+    for epoch, batch, s in seen:
+        if (batch + 1) % 3 == 0 and batch + 1 < 12 and epoch < 2:
+            assert s >= cubic_ramp(0.7, epoch + (batch + 1) / 12, 0, 2) - 1e-9
+    assert seen[13][2] < 0.7  # still ramping in epoch 1
+    final = [r["sparsity"] for r in monitor.history]
+    assert 0.7 <= final[1] < 0.75  # the target is met at the end of end_epoch ...
+    assert final[1] == final[2] == final[3]  # ... and nothing more is cut after it
+
+
+def test_update_freq_without_known_steps_falls_back_to_epoch_ends(toy_data):
+    x, y = toy_data
+
+    def batches():
+        for i in range(0, len(x), 64):
+            yield x[i : i + 64], y[i : i + 64]
+
+    model = compile_classifier(mlp())
+    monitor = gss.SparsityMonitor(target_sparsity=0.5, update_freq=2, verbose=0)
+    with pytest.warns(UserWarning, match="steps per epoch is unknown"):
+        model.fit(batches(), epochs=1, verbose=0, callbacks=[monitor])
+    assert monitor.history[-1]["sparsity"] >= 0.5
+
+
+def test_end_epoch_after_the_fit_warns(toy_data):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    monitor = gss.SparsityMonitor(target_sparsity=0.5, end_epoch=5, verbose=0)
+    with pytest.warns(UserWarning, match="end_epoch=5"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
+    assert monitor.history[-1]["target"] == pytest.approx(0.5 * (1 - (1 - 2 / 6) ** 3))
 
 
 def test_target_sparsity_rises_is_reached_and_stays_exactly_zero(toy_data, tmp_path):
@@ -147,6 +201,10 @@ def test_nan_weights_stop_with_the_layer_name(toy_data):
         ({"target_sparsity": 1.0}, "target_sparsity"),
         ({"target_sparsity": -0.1}, "target_sparsity"),
         ({"begin_epoch": -1}, "begin_epoch"),
+        ({"begin_epoch": 2, "end_epoch": 1}, "end_epoch"),
+        ({"update_freq": 0}, "update_freq"),
+        ({"update_freq": "batch"}, "update_freq"),
+        ({"update_freq": True}, "update_freq"),
         ({"min_live_groups": 0}, "min_live_groups"),
         ({"ranking": "best"}, "ranking"),
         ({"metric": "bytes"}, "metric"),
