@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proximal", type=float, help="proximal step strength; 0 disables")
     p.add_argument("--threshold", type=float, help="group norm at or below which a group is zero")
     p.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to zero")
-    p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops", "auto"])
+    p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops", "memory", "auto"])
     p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--limit", type=int, help="training images (0 = all)")

@@ -70,6 +70,7 @@ class LayerInfo:
     producer: int | None  # index into the describe() list
     dense_flops: float
     frozen: bool = False  # trainable=False: measured, never pruned
+    activations: int = 1  # values one group writes per example (its output positions)
 
     @property
     def weights(self) -> int:
@@ -89,11 +90,13 @@ def _node_tensors(layer):
     return keras.tree.flatten(node.input_tensors), keras.tree.flatten(node.output_tensors)
 
 
-def _positions(layer, spec: groups.GroupSpec) -> int:
+def _positions(layer, spec: groups.GroupSpec | None = None) -> int:
+    """Spatial positions of the output (of the input for a transposed conv's
+    FLOPs, whose grouped kernel meets every input position once)."""
     inputs, outputs = _node_tensors(layer)
     if not outputs:
         return 1
-    transpose = spec.axis == (-2,)
+    transpose = spec is not None and spec.axis == (-2,)
     shape = (inputs[0] if transpose else outputs[0]).shape
     return int(math.prod(d or 1 for d in shape[1:-1]))
 
@@ -133,6 +136,7 @@ def describe(model: keras.Model) -> list[LayerInfo]:
                 producer=_producer(layer, index_of),
                 dense_flops=2.0 * math.prod(shape) * _positions(layer, spec),
                 frozen=not layer.trainable,
+                activations=_positions(layer),
             )
         )
     for info in infos:  # the consumer's inputs must be whole copies of the producer's channels

@@ -79,6 +79,49 @@ def test_flop_target_and_hybrid_ranking():
     assert all(r.groups - r.zero_groups >= 2 for r in report.rows)
 
 
+def test_memory_ranking_matches_numpy_reference():
+    model = small_convnet()
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    kernel = model.get_layer("c1").kernel.numpy()
+    kernel[..., 1] = 0  # a dead c1 filter: left out of c1's median, c2 has 3 of 4 inputs
+    model.get_layer("c1").kernel.assign(kernel)
+    infos = graph.describe(model)
+    assert [i.activations for i in infos] == [64, 4, 1, 1]  # 8x8, 2x2 outputs, dense units
+    kernels = [model.get_layer(n).kernel.numpy() for n in ("c1", "c2", "d1", "out")]
+    norms = [np.linalg.norm(k.reshape(-1, k.shape[-1]), axis=0) for k in kernels]
+    live = [3, 6, 5, 3]
+    scores = pruning.group_scores(infos, norms, live, "memory")
+    flops = np.array([2 * 3 * 3 * 2 * 4 * 64, 2 * 3 * 3 * 4 * 6 * 4, 2 * 24 * 5, 2 * 5 * 3])
+    count, values = np.array([4, 6, 5, 3]), np.array([64, 4, 1, 1])
+    in_frac = [1.0, 3 / 4, 1.0, 1.0]
+    for i, (k, n) in enumerate(zip(kernels, norms)):
+        rms = n / np.sqrt(k.size / k.shape[-1])
+        relative = rms / np.median(rms[n > 0])
+        cost = flops[i] / count[i] * in_frac[i] / flops.sum() + values[i] / (count * values).sum()
+        np.testing.assert_allclose(scores[i], relative / cost, rtol=1e-5)
+
+
+def test_memory_ranking_also_thins_a_first_conv_of_large_weights():
+    def lenet():
+        keras.utils.set_random_seed(0)
+        model = gss.models.lenet()
+        conv1 = model.get_layer("conv1")
+        conv1.kernel.assign(conv1.kernel * 10.0)  # one input channel: large weights
+        return model
+
+    live = {}
+    for ranking in ("hybrid", "memory"):
+        model = lenet()
+        gss.prune(model, target_sparsity=0.85, metric="flops", ranking=ranking)
+        assert gss.model_stats(model).flop_ratio <= 0.15 + 1e-9
+        row = gss.sparsity_report(model, threshold=0.0)["conv1"]
+        live[ranking] = row.groups - row.zero_groups
+    assert live["hybrid"] == 64 and live["memory"] < 48
+
+
 def test_relative_threshold_in_select():
     model = mlp(hidden=(6,), inputs=4)
     kernel = np.ones((4, 6), "float32")
