@@ -60,6 +60,12 @@ VARIANTS = {
         "group-lasso", lasso=2e-4, proximal=5e-6, ranking="auto", min_live_groups=4, gradual=True,
         end_epoch=1, update_freq=50,
     ),  # fmt: skip
+    # the ranking that also charges activation memory (FLOP targets only: it has no
+    # weight share, so at a weight target it would strip the convolutions)
+    "recipe-memory": R(
+        "group-lasso", lasso=2e-4, proximal=5e-6, ranking="memory", min_live_groups=4,
+        gradual=True,
+    ),  # fmt: skip
     # the fraction attention on top of the recipe: does an attention term add to it?
     "recipe-fraction": R(
         "gss", lasso=5e-4, variance=5e-4, attention="fraction", keep=0.25, proximal=1e-5,
@@ -75,8 +81,9 @@ CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
 ABLATION = [
     "recipe-gradual", "gss-fraction", "gss-scale-invariant", "gss-warmup", "ssl-proximal",
     "ssl-auto", "recipe-strong", "recipe-weaker", "scratch", "recipe-gradual-weaker",
-    "recipe-fraction", "recipe-steps",
+    "recipe-fraction", "recipe-steps", "recipe-memory",
 ]  # fmt: skip
+FLOP_ONLY = {"recipe-memory"}
 HEADLINE = ["gss-fraction", "recipe-gradual", "scratch"]  # ablation run first for every seed
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 ABLATION_LEVELS = [0.8, 0.9, 0.95]
@@ -146,7 +153,8 @@ def plan(args):
                 levels = [lv for lv in args.levels if lv in ABLATION_LEVELS] or args.levels
             if VARIANTS[method].gradual or method in SCRATCH:
                 levels = [lv for lv in levels if lv in GRADUAL_LEVELS] or levels
-            jobs += [(seed, method, lv, "weights") for lv in levels]
+            if method not in FLOP_ONLY:
+                jobs += [(seed, method, lv, "weights") for lv in levels]
             if VARIANTS[method].structured or method in SCRATCH:
                 jobs += [(seed, method, lv, "flops") for lv in FLOP_LEVELS]
     return list(dict.fromkeys(jobs))  # a variant in two phases runs once
