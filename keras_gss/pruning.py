@@ -12,12 +12,12 @@ lowest score up:
   that are both weak and expensive.
 - `"flops"`: rms divided by the fraction of FLOPs freed.
 - `"memory"`: rms relative to the median rms of the layer's live groups,
-  divided by (fraction of FLOPs + fraction of activation values per example)
-  that the group's slice holds: it also charges a filter for the feature map it
-  writes, the memory traffic that bounds batched inference and that FLOPs do
-  not see (a LeNet's first convolution holds 3 % of the FLOPs but two thirds of
-  the activations). Comparing norms within each layer keeps a layer of large
-  weights (a first convolution with one input channel) from being spared whole.
+  divided by (fraction of weights + fraction of FLOPs + fraction of activation
+  values per example) that the group's slice holds: `"hybrid"` that also charges
+  a filter for the feature map it writes, memory traffic that FLOPs do not see
+  (a LeNet's first convolution holds 3 % of the FLOPs but two thirds of the
+  activations). Comparing norms within each layer keeps a layer of large weights
+  (a first convolution with one input channel) from being spared whole.
 - `"auto"`: `"rms"` for weight targets, `"hybrid"` for FLOP targets (what the
   benchmark measured to work best for each).
 
@@ -98,7 +98,7 @@ def group_scores(
         # The layer's own share only: charging a group for its consumers' input
         # slices too makes first layers look the most expensive and strips them.
         cost = info.dense_flops / info.groups * in_frac / total_f
-        if ranking == "hybrid":
+        if ranking in ("hybrid", "memory"):
             cost += info.group_size * in_frac / total_w
         if ranking == "memory":
             cost += info.activations / total_a

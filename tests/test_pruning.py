@@ -100,7 +100,9 @@ def test_memory_ranking_matches_numpy_reference():
     for i, (k, n) in enumerate(zip(kernels, norms)):
         rms = n / np.sqrt(k.size / k.shape[-1])
         relative = rms / np.median(rms[n > 0])
-        cost = flops[i] / count[i] * in_frac[i] / flops.sum() + values[i] / (count * values).sum()
+        size = k.size / k.shape[-1]
+        cost = size * in_frac[i] / sum(k.size for k in kernels)
+        cost += flops[i] / count[i] * in_frac[i] / flops.sum() + values[i] / (count * values).sum()
         np.testing.assert_allclose(scores[i], relative / cost, rtol=1e-5)
 
 
