@@ -98,7 +98,8 @@ def test_inference_benchmark_quick_path_with_given_weights(tmp_path):
     assert "| level | FLOP ratio" in stdout
     data = json.loads(out.read_text())
     assert data["weights"] == str(weights)
-    assert [row["level"] for row in data["rows"]] == ["W50", "W70", "W90", "W95", "F85"]
+    levels = ["W50", "W70", "W90", "W95", "F85", "F85-memory"]
+    assert [row["level"] for row in data["rows"]] == levels
     for row in data["rows"]:
         assert row["max_abs_diff"] <= 1e-4
         assert row["widths"][-1] == 10 and len(row["widths"]) == 5
@@ -106,7 +107,9 @@ def test_inference_benchmark_quick_path_with_given_weights(tmp_path):
         assert row["speedup_compiled_b256"] == pytest.approx(
             row["ms_dense_compiled_b256"] / row["ms_compact_compiled_b256"]
         )
-    assert data["rows"][-1]["flop_ratio"] <= 0.15 + 1e-6
+    hybrid, memory = data["rows"][-2:]
+    assert hybrid["flop_ratio"] <= 0.15 + 1e-6 and memory["flop_ratio"] <= 0.15 + 1e-6
+    assert memory["widths"][0] < hybrid["widths"][0]  # the memory ranking thins conv1
 
 
 def test_benchmark_from_scratch_baseline_copies_the_compact_widths(tmp_path):
