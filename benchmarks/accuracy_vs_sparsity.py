@@ -108,7 +108,16 @@ def parse_args(argv=None):
     p.add_argument("--levels", nargs="+", type=float, help="weight-sparsity levels")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--finetune-lr", type=float, help="Adam learning rate of the fine-tune (default: --lr)"
+    )
     p.add_argument("--out", default=None, help="results folder")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="folder of trained weights, shared by runs that differ only in the fine-tune "
+        "(default: OUT/weights)",
+    )
     p.add_argument(
         "--report-only",
         action="store_true",
@@ -126,13 +135,26 @@ def parse_args(argv=None):
     args.out = Path(
         args.out or f"benchmarks/results/accuracy_vs_sparsity{'_quick' if quick else ''}"
     )
+    args.weights = Path(args.weights) if args.weights else args.out / "weights"
     return args
 
 
-def config_id(args) -> str:
-    keys = ("dataset", "limit", "test_limit", "epochs", "finetune", "batch_size", "lr")
+def _digest(args, keys) -> str:
     blob = json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def config_id(args) -> str:
+    """Names the result cache: everything that changes a result."""
+    keys = ["dataset", "limit", "test_limit", "epochs", "finetune", "batch_size", "lr"]
+    if args.finetune_lr is not None:  # the default keeps the ids of earlier runs
+        keys.append("finetune_lr")
+    return _digest(args, keys)
+
+
+def train_id(args) -> str:
+    """Names the weight cache: only what changes the trained (not fine-tuned) model."""
+    return _digest(args, ["dataset", "limit", "epochs", "batch_size", "lr"])
 
 
 def plan(args):
@@ -171,10 +193,11 @@ def run(args) -> list[dict]:
     )
     print(f"Data: {source.describe()}; {len(x)} train / {len(xt)} test", flush=True)
     cache = args.out / "cache" / config_id(args)
-    weights_dir = args.out / "weights" / config_id(args)
+    weights_dir = args.weights / train_id(args)
     cache.mkdir(parents=True, exist_ok=True)
     weights_dir.mkdir(parents=True, exist_ok=True)
     fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": 0}
+    tune = {**fit, "lr": args.lr if args.finetune_lr is None else args.finetune_lr}
     results = []
     jobs = plan(args)
     total = len(jobs) + args.seeds
@@ -213,7 +236,7 @@ def run(args) -> list[dict]:
         experiment.train(model, VARIANTS[method], x, y, args.epochs, **fit)
         seconds = time.perf_counter() - t0
         trained_accuracy = experiment.accuracy(model, xt, yt)
-        experiment.finetune(model, x, y, args.finetune, **fit)
+        experiment.finetune(model, x, y, args.finetune, **tune)
         dense = models.lenet()
         stats, dense_stats = model_stats(model), model_stats(dense)
 
@@ -249,7 +272,7 @@ def run(args) -> list[dict]:
             file.write_text(json.dumps(dense, indent=1))
         if "accuracy_finetuned" not in dense:  # the same extra training, without pruning
             model, _ = trained("dense", seed)
-            experiment.finetune(model, x, y, args.finetune, **fit)
+            experiment.finetune(model, x, y, args.finetune, **tune)
             dense["accuracy_finetuned"] = experiment.accuracy(model, xt, yt)
             file.write_text(json.dumps(dense, indent=1))
         dense_results[seed] = dense
@@ -284,7 +307,7 @@ def run(args) -> list[dict]:
             report = experiment.prune_to(model, recipe, level)
             pruned = experiment.accuracy(model, xt, yt)
             t0 = time.perf_counter()
-            experiment.finetune(model, x, y, args.finetune, **fit)
+            experiment.finetune(model, x, y, args.finetune, **tune)
             finetuned = experiment.accuracy(model, xt, yt)
             stats = model_stats(model)
             row = {
@@ -476,7 +499,9 @@ def main(argv=None) -> int:
     print("Timing compact widths (batch 256) ...", flush=True)
     add_speedups(agg, args.out)
     title = (f"Accuracy vs sparsity, {args.dataset}, {args.limit or 'all'} train images, "
-             f"{args.epochs} epochs + {args.finetune} fine-tune, {args.seeds} seed(s)")  # fmt: skip
+             f"{args.epochs} epochs + {args.finetune} fine-tune"
+             f"{'' if args.finetune_lr is None else f' at lr {args.finetune_lr:g}'}, "
+             f"{args.seeds} seed(s)")  # fmt: skip
     table = markdown(agg, dense, title)
     command = "python benchmarks/accuracy_vs_sparsity.py " + " ".join(
         sys.argv[1:] if argv is None else argv

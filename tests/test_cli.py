@@ -85,6 +85,21 @@ def test_benchmark_quick_path_writes_valid_json(tmp_path):
                  "--levels", "0.5", "0.9", "--out", str(out)], cwd=ROOT)  # fmt: skip
     assert json.loads((out / "results.json").read_text())["results"] == data["results"]
     assert "min]" in again
+    # another fine-tune on the same trained weights: nothing is trained again
+    other = tmp_path / "bench-ft"
+    run([sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_sparsity.py"), "--quick",
+         "--dataset", "mnist", "--limit", "300", "--test-limit", "200", "--epochs", "1",
+         "--finetune", "0.5", "--finetune-lr", "1e-4", "--methods", "dense", "magnitude", "ssl",
+         "--levels", "0.5", "0.9", "--out", str(other), "--weights", str(out / "weights")],
+        cwd=ROOT)  # fmt: skip
+    tuned = json.loads((other / "results.json").read_text())
+    assert "at lr 0.0001" in (other / "table.md").read_text()
+    assert not (other / "weights").exists()
+    before = {(r["method"], r["key"]): r for r in data["results"]}
+    for row in tuned["results"]:
+        assert row["train_seconds"] == 0.0  # loaded, not trained
+        assert row["accuracy_pruned"] == before[(row["method"], row["key"])]["accuracy_pruned"]
+    assert [d["accuracy"] for d in tuned["dense"]] == [d["accuracy"] for d in data["dense"]]
 
 
 def test_inference_benchmark_quick_path_with_given_weights(tmp_path):
