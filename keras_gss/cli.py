@@ -33,9 +33,9 @@ DEFAULTS = {
     "target_sparsity": 0.9,
     "ranking": "auto",
     "metric": "weights",
-    "begin_epoch": None,
+    "begin_epoch": 0,
     "end_epoch": None,
-    "update_freq": "epoch",
+    "update_freq": 10,
     "finetune_epochs": 1.0,
     "finetune_lr": None,
     "limit": 10000,
@@ -62,12 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to zero")
     p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops", "memory", "auto"])
     p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
-    p.add_argument("--begin-epoch", type=int, help="epoch (0-based) the pruning ramp starts "
-                   "at (default: 1, or 0 for a 1-epoch run)")  # fmt: skip
+    p.add_argument("--begin-epoch", type=int, help="epoch (0-based) the pruning ramp starts at")
     p.add_argument("--end-epoch", type=int, help="epoch (0-based) at whose end the target is "
-                   "reached (default: the last)")  # fmt: skip
-    p.add_argument("--update-freq", type=_update_freq, help="'epoch' (default) or N: also "
-                   "prune every N batches on the ramp")  # fmt: skip
+                   "reached (default: the one before the last, so the last trains at it)")  # fmt: skip
+    p.add_argument("--update-freq", type=_update_freq, help="N: prune every N batches on the "
+                   "ramp; 'epoch': only at epoch ends")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--finetune-lr", type=float, help="Adam learning rate of the fine-tune "
                    "(default: --lr)")  # fmt: skip
@@ -102,13 +101,12 @@ def _check(args) -> None:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
     if args.finetune_lr is not None and args.finetune_lr <= 0:
         raise SystemExit("--finetune-lr must be > 0 (leave it out to use --lr)")
-    if args.begin_epoch is None:
-        args.begin_epoch = min(1, args.epochs - 1)
-    last = args.epochs - 1 if args.end_epoch is None else args.end_epoch
-    if not 0 <= args.begin_epoch <= last < args.epochs:
+    if args.end_epoch is None:
+        args.end_epoch = max(args.epochs - 2, args.begin_epoch)
+    if not 0 <= args.begin_epoch <= args.end_epoch < args.epochs:
         raise SystemExit(
-            f"--begin-epoch ({args.begin_epoch}) and --end-epoch ({last}) must satisfy "
-            f"0 <= begin <= end < --epochs ({args.epochs})"
+            f"--begin-epoch ({args.begin_epoch}) and --end-epoch ({args.end_epoch}) must "
+            f"satisfy 0 <= begin <= end < --epochs ({args.epochs})"
         )
     if not 0 <= args.target_sparsity < 1:
         raise SystemExit("--target-sparsity must be in [0, 1)")
