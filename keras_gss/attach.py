@@ -117,8 +117,9 @@ def attach(
     "Benchmark: accuracy vs sparsity") is a weaker plain group lasso with a
     proximal step, pruned with cost-aware ranking:
     `attach(model, GroupLasso(2e-4), proximal=5e-6)` for about 1,800 steps (keep
-    `proximal x steps` near 0.01), pruned while it trains by
-    `SparsityMonitor(target_sparsity=..., ranking="auto", min_live_groups=4)`.
+    `proximal x steps` near 0.01), pruned while it trains, in small steps and
+    at the target one epoch before the end, by `SparsityMonitor(target_sparsity=...,
+    ranking="auto", min_live_groups=4, update_freq=50, end_epoch=epochs - 2)`.
 
     Returns:
         The same model.

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops", "memory", "auto"])
     p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
     p.add_argument("--begin-epoch", type=int, help="epoch (0-based) the pruning ramp starts at")
-    p.add_argument("--end-epoch", type=int, help="epoch (0-based) at whose end the target is "
-                   "reached (default: the one before the last, so the last trains at it)")  # fmt: skip
+    p.add_argument("--end-epoch", type=int, help="epoch (0-based) at whose end the target "
+                   "is reached (default: the one before the last, which trains at it)")  # fmt: skip
     p.add_argument("--update-freq", type=_update_freq, help="N: prune every N batches on the "
                    "ramp; 'epoch': only at epoch ends")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
