@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ramp; 'epoch': only at epoch ends")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--finetune-lr", type=float, help="Adam learning rate of the fine-tune "
-                   "(default: --lr)")  # fmt: skip
+                   "(default: --lr / 10 after pruning while training, --lr after magnitude "
+                   "pruning)")  # fmt: skip
     p.add_argument("--limit", type=int, help="training images (0 = all)")
     p.add_argument("--seed", type=int)
     p.add_argument("--output", help="run folder")
@@ -99,8 +100,10 @@ def _check(args) -> None:
     for name in ("lr", "lasso", "variance", "threshold", "finetune_epochs", "proximal"):
         if getattr(args, name) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
-    if args.finetune_lr is not None and args.finetune_lr <= 0:
-        raise SystemExit("--finetune-lr must be > 0 (leave it out to use --lr)")
+    if args.finetune_lr is None:  # measured: see "The main job" in the README
+        args.finetune_lr = args.lr if args.method == "magnitude" else args.lr / 10
+    elif args.finetune_lr <= 0:
+        raise SystemExit("--finetune-lr must be > 0 (leave it out for the default)")
     if args.end_epoch is None:
         args.end_epoch = max(args.epochs - 2, args.begin_epoch)
     if not 0 <= args.begin_epoch <= args.end_epoch < args.epochs:
@@ -191,7 +194,7 @@ def run_train(args) -> dict:
     report["pruned_accuracy"] = experiment.accuracy(model, xt, yt)
 
     if args.method != "dense" and args.finetune_epochs:
-        tune = {**fit, "lr": args.lr if args.finetune_lr is None else args.finetune_lr}
+        tune = {**fit, "lr": args.finetune_lr}
         print(f"\n== Fine-tune ({args.finetune_epochs} epochs at lr {tune['lr']:g}, "
               "pruned weights frozen) ==")  # fmt: skip
         csv_ft = keras.callbacks.CSVLogger(str(out / "history.csv"), append=True)

@@ -55,6 +55,21 @@ def test_keras_gss_train_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "extra, finetune_lr",
+    [([], 1e-4), (["--lr", "2e-3"], 2e-4), (["--method", "gss"], 1e-4),
+     (["--method", "magnitude"], 1e-3), (["--method", "magnitude", "--lr", "3e-3"], 3e-3),
+     (["--finetune-lr", "5e-4"], 5e-4)],
+)  # fmt: skip
+def test_cli_finetune_lr_default(extra, finetune_lr):
+    """A tenth of --lr after pruning while training, --lr after one-shot magnitude pruning."""
+    from keras_gss import cli
+
+    args = cli.build_parser().parse_args(["train", *extra])
+    cli._check(args)
+    assert args.finetune_lr == pytest.approx(finetune_lr)
+
+
+@pytest.mark.parametrize(
     "flag, value",
     [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1"),
      ("--end-epoch", "3"), ("--begin-epoch", "-1"), ("--update-freq", "0"),
