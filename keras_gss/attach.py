@@ -119,7 +119,8 @@ def attach(
     `attach(model, GroupLasso(2e-4), proximal=5e-6)` for about 1,800 steps (keep
     `proximal x steps` near 0.01), pruned while it trains, in small steps and
     at the target one epoch before the end, by `SparsityMonitor(target_sparsity=...,
-    ranking="auto", min_live_groups=4, update_freq=50, end_epoch=epochs - 2)`.
+    ranking="auto", min_live_groups=4, update_freq=50, end_epoch=epochs - 2)`,
+    then `detach` and a short fine-tune at a tenth of the training rate.
 
     Returns:
         The same model.
