@@ -7,9 +7,11 @@ repeats after warm-up; dense and compact called alternately, so a change of
 machine speed hits both) at batch 1 and batch 256 through two call paths:
 Keras' `predict_on_batch`, and the forward pass compiled once for the backend
 (what an exported model serves: a `tf.function`'s concrete function, `jax.jit`,
-or `torch.no_grad`). The FLOP ratio (compact / dense) is the limit the speedup
-can reach; the time of a call to a model that does nothing (`floor`) is the
-fixed cost no compaction removes.
+or `torch.no_grad`); on TensorFlow also a third, `litert`: the model exported by
+`model.export(path, format="litert")` and run by the LiteRT interpreter. The
+FLOP ratio (compact / dense) is the limit the speedup can reach; the time of a
+call to a model that does nothing (`floor`) is the fixed cost no compaction
+removes.
 
     python benchmarks/inference_speed.py --quick     # < 3 min on 2 cores
     KERAS_BACKEND=jax python benchmarks/inference_speed.py --quick
@@ -79,7 +81,46 @@ def compiled_forward(model):
     return model.predict_on_batch
 
 
+def litert_forward(model, threads: int | None = None):
+    """The model exported by Keras (`model.export(path, format="litert")`) and run by
+    the LiteRT (TensorFlow Lite) interpreter with its XNNPACK CPU kernels: what a
+    CPU or edge deployment of a small model serves, without a framework's per-op
+    dispatch (TensorFlow backend only, benchmark-only)."""
+    import warnings
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # tensorflow still ships it (deprecated)
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        model.export(str(path), format="litert", verbose=False)
+        content = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = Interpreter(model_content=content, num_threads=threads or os.cpu_count())
+    inp = interpreter.get_input_details()[0]["index"]
+    out = interpreter.get_output_details()[0]["index"]
+    shape: list = []
+
+    def call(x):
+        if list(x.shape) != shape:  # resized once per batch size, outside the timed loop
+            interpreter.resize_tensor_input(inp, list(x.shape))
+            interpreter.allocate_tensors()
+            shape[:] = x.shape
+        interpreter.set_tensor(inp, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out)
+
+    return call
+
+
 PATHS = {"predict": lambda model: model.predict_on_batch, "compiled": compiled_forward}
+EXPORTED = {"litert"}
+if keras.backend.backend() == "tensorflow":
+    PATHS["litert"] = litert_forward
 
 
 def paired_ms(call_a, call_b, x, repeats: int) -> tuple[float, float]:
@@ -147,11 +188,13 @@ def main(argv=None) -> int:
     batches = {"1": xt[:1], "256": xt[:256]}
     floor = floor_model(xt.shape[1:])
     floor_ms, dense_ms = {}, {}
+    # an exported copy shares no buffers with the Keras model: export dense once
+    exported = {path: make(base) for path, make in PATHS.items() if path in EXPORTED}
     for path, make in PATHS.items():
         call_floor = make(floor)
         for b, xb in batches.items():
             floor_ms[f"{path}_b{b}"], dense_ms[f"{path}_b{b}"] = paired_ms(
-                call_floor, make(base), xb, repeats
+                call_floor, exported.get(path) or make(base), xb, repeats
             )
     rows = []
     for key, level, metric, ranking in LEVELS:
@@ -159,7 +202,8 @@ def main(argv=None) -> int:
         model.set_weights(weights)
         gss.prune(model, level, metric=metric, ranking=ranking, min_live_groups=4)
         small = gss.compact(model)
-        diff = float(np.abs(small.predict_on_batch(xt) - model.predict_on_batch(xt)).max())
+        reference = model.predict_on_batch(xt)
+        diff = float(np.abs(small.predict_on_batch(xt) - reference).max())
         stats = gss.model_stats(model)
         row = {
             "level": key,
@@ -172,7 +216,8 @@ def main(argv=None) -> int:
             "widths": [int(w.shape[-1]) for w in small.weights if w.path.endswith("kernel")],
         }
         for path, make in PATHS.items():
-            call, call_dense = make(small), make(base)
+            call, call_dense = make(small), exported.get(path) or make(base)
+            row[f"max_abs_diff_{path}"] = float(np.abs(call(xt) - reference).max())
             for b, xb in batches.items():
                 k = f"{path}_b{b}"  # dense re-timed beside each compact model
                 row[f"ms_dense_{k}"], compact_ms = paired_ms(call_dense, call, xb, repeats)
@@ -186,7 +231,13 @@ def main(argv=None) -> int:
         print(
             f"{key}: FLOPs {stats.flop_ratio:.3f}, widths {row['widths']}, speedup b1 "
             f"{row['speedup_predict_b1']:.2f}x / {row['speedup_compiled_b1']:.2f}x compiled, "
-            f"b256 {row['speedup_predict_b256']:.2f}x / {row['speedup_compiled_b256']:.2f}x",
+            f"b256 {row['speedup_predict_b256']:.2f}x / {row['speedup_compiled_b256']:.2f}x"
+            + "".join(
+                f"; {path} b1 {row[f'speedup_{path}_b1']:.2f}x, b256 "
+                f"{row[f'speedup_{path}_b256']:.2f}x"
+                for path in PATHS
+                if path in EXPORTED
+            ),
             flush=True,
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

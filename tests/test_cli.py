@@ -139,8 +139,14 @@ def test_inference_benchmark_quick_path_with_given_weights(tmp_path):
     assert data["weights"] == str(weights)
     levels = ["W50", "W70", "W90", "W95", "F85", "F85-memory"]
     assert [row["level"] for row in data["rows"]] == levels
+    paths = ["predict", "compiled"]
+    if keras.backend.backend() == "tensorflow":
+        paths.append("litert")  # the model exported by Keras and run by LiteRT
     for row in data["rows"]:
         assert row["max_abs_diff"] <= 1e-4
+        for path in paths:  # every timed call path computes the pruned model's outputs
+            assert row[f"max_abs_diff_{path}"] <= 1e-4, path
+            assert row[f"ms_compact_{path}_b256"] > 0
         assert row["widths"][-1] == 10 and len(row["widths"]) == 5
         assert row["params_compact"] < row["params_dense"]
         assert row["speedup_compiled_b256"] == pytest.approx(
