@@ -81,7 +81,7 @@ def compiled_forward(model):
     return model.predict_on_batch
 
 
-def litert_forward(model, threads: int | None = None):
+def litert_forward(model):
     """The model exported by Keras (`model.export(path, format="litert")`) and run by
     the LiteRT (TensorFlow Lite) interpreter with its XNNPACK CPU kernels: what a
     CPU or edge deployment of a small model serves, without a framework's per-op
@@ -100,7 +100,7 @@ def litert_forward(model, threads: int | None = None):
         content = path.read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        interpreter = Interpreter(model_content=content, num_threads=threads or os.cpu_count())
+        interpreter = Interpreter(model_content=content, num_threads=os.cpu_count())
     inp = interpreter.get_input_details()[0]["index"]
     out = interpreter.get_output_details()[0]["index"]
     shape: list = []
