@@ -72,6 +72,10 @@ VARIANTS = {
         ranking="auto", min_live_groups=4,
     ),  # fmt: skip
 }
+# the same trained weights pruned with live widths a multiple of 8 (`round_to`):
+# vector-friendly compact models; a one-shot prune, so no training of its own
+VARIANTS["recipe-fraction-r8"] = R(**{**VARIANTS["recipe-fraction"].to_dict(), "round_to": 8})
+WEIGHTS_OF = {"magnitude": "dense", "recipe-fraction-r8": "recipe-fraction"}
 # the dense network with the widths `compact` gives another method's pruned model
 # at the same seed and level, trained from scratch with the same budget: how much
 # of the drop is the smaller architecture itself (Liu et al. 2019)
@@ -81,7 +85,7 @@ CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
 ABLATION = [
     "recipe-gradual", "gss-fraction", "gss-scale-invariant", "gss-warmup", "ssl-proximal",
     "ssl-auto", "recipe-strong", "recipe-weaker", "scratch", "recipe-gradual-weaker",
-    "recipe-fraction", "recipe-steps", "recipe-memory",
+    "recipe-fraction", "recipe-steps", "recipe-memory", "recipe-fraction-r8",
 ]  # fmt: skip
 FLOP_ONLY = {"recipe-memory"}
 HEADLINE = ["gss-fraction", "recipe-gradual", "scratch"]  # ablation run first for every seed
@@ -212,7 +216,7 @@ def run(args) -> list[dict]:
         """A model of this method and seed, trained (from the weight cache if there).
 
         A gradual recipe is pruned to `level` while it trains: one model per level."""
-        source = "dense" if method == "magnitude" else method
+        source = WEIGHTS_OF.get(method, method)
         recipe = recipe or VARIANTS[source]
         keras.utils.set_random_seed(seed)
         model = models.lenet()

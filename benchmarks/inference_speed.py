@@ -169,6 +169,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--limit", type=int, help="training images (default 10000; quick 2000)")
     p.add_argument("--out", help="JSON path (default: results/inference_speed_<backend>.json)")
+    p.add_argument(
+        "--round-to", type=int, nargs="+", default=[1],
+        help="prune each level once per value: live groups per layer a multiple of it "
+        "(rows of r > 1 are suffixed -r<r>; default 1)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     backend = keras.backend.backend()
     args.out = args.out or f"benchmarks/results/inference_speed_{backend}.json"
@@ -197,16 +202,21 @@ def main(argv=None) -> int:
                 call_floor, exported.get(path) or make(base), xb, repeats
             )
     rows = []
-    for key, level, metric, ranking in LEVELS:
+    plan = [(lv, r) for lv in LEVELS for r in args.round_to]
+    for (key, level, metric, ranking), round_to in plan:
+        key += f"-r{round_to}" if round_to > 1 else ""
         model = gss.models.lenet()
         model.set_weights(weights)
-        gss.prune(model, level, metric=metric, ranking=ranking, min_live_groups=4)
+        gss.prune(
+            model, level, metric=metric, ranking=ranking, min_live_groups=4, round_to=round_to
+        )
         small = gss.compact(model)
         reference = model.predict_on_batch(xt)
         diff = float(np.abs(small.predict_on_batch(xt) - reference).max())
         stats = gss.model_stats(model)
         row = {
             "level": key,
+            "round_to": round_to,
             "flop_ratio": stats.flop_ratio,
             "params_dense": int(model.count_params()),
             "params_compact": int(small.count_params()),

@@ -34,3 +34,13 @@ def fraction(name: str, value, allow_none: bool = True) -> float | None:
             f"Received: {name}={value!r}"
         )
     return float(value)
+
+
+def int_at_least(name: str, value, low: int) -> int:
+    """Return `value` if it is an int >= `low`, or raise."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected an int >= {low}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)

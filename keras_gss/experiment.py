@@ -42,6 +42,8 @@ class Recipe:
         end_epoch: with `gradual`, the epoch (0-based) at whose end the level is
             reached (None = the last).
         update_freq: with `gradual`, prune every this many batches (or `"epoch"`).
+        round_to: every pruned layer keeps a multiple of this many live groups
+            (vector-friendly widths for CPU kernels; 1 = any count).
     """
 
     method: str = "gss"
@@ -57,6 +59,7 @@ class Recipe:
     gradual: bool = False
     end_epoch: int | None = None
     update_freq: str | int = "epoch"
+    round_to: int = 1
 
     def __post_init__(self):
         pruning.check_choice("method", self.method, METHODS)
@@ -75,6 +78,7 @@ class Recipe:
             min_live_groups=self.min_live_groups,
             end_epoch=self.end_epoch,
             update_freq=self.update_freq,
+            round_to=self.round_to,
             verbose=verbose,
         )
 
@@ -146,6 +150,7 @@ def prune_to(model: keras.Model, recipe: Recipe, level: float):
         metric=recipe.metric,
         ranking=recipe.ranking,
         min_live_groups=recipe.min_live_groups,
+        round_to=recipe.round_to,
     )
 
 

@@ -13,7 +13,7 @@ import warnings
 import keras
 
 from keras_gss import graph, groups, pruning
-from keras_gss._validate import fraction, non_negative
+from keras_gss._validate import fraction, int_at_least, non_negative
 from keras_gss.report import SparsityReport
 
 
@@ -31,15 +31,6 @@ def cubic_ramp(target: float, elapsed: float, begin: float, end: float) -> float
         return 0.0
     progress = min(1.0, (elapsed - begin) / max(end - begin, 1e-9))
     return target * (1.0 - (1.0 - progress) ** 3)
-
-
-def _int_at_least(name: str, value, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected an int >= {low}. "
-            f"Received: {name}={value!r}"
-        )
-    return value
 
 
 class SparsityMonitor(keras.callbacks.Callback):
@@ -91,6 +82,8 @@ class SparsityMonitor(keras.callbacks.Callback):
         metric: what `target_sparsity` counts, `"weights"` or `"flops"`
             (default "weights").
         min_live_groups: live groups every non-output layer keeps (default 1).
+        round_to: every pruned layer keeps a multiple of this many live groups
+            (default 1; 8 or 16 suit CPU kernels, see `keras_gss.prune`).
 
     Example:
 
@@ -119,6 +112,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         min_live_groups: int = 1,
         end_epoch: int | None = None,
         update_freq: str | int = "epoch",
+        round_to: int = 1,
     ):
         super().__init__()
         self.threshold = non_negative("threshold", threshold)
@@ -126,9 +120,9 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.relative_threshold = fraction("relative_threshold", relative_threshold)
         self.ranking = pruning.check_choice("ranking", ranking, pruning.RANKINGS)
         self.metric = pruning.check_choice("metric", metric, pruning.METRICS)
-        _int_at_least("begin_epoch", begin_epoch, 0)
+        int_at_least("begin_epoch", begin_epoch, 0)
         if end_epoch is not None:
-            _int_at_least("end_epoch", end_epoch, begin_epoch)
+            int_at_least("end_epoch", end_epoch, begin_epoch)
         if update_freq != "epoch":
             if not isinstance(update_freq, int) or isinstance(update_freq, bool) or update_freq < 1:
                 raise ValueError(
@@ -141,7 +135,8 @@ class SparsityMonitor(keras.callbacks.Callback):
                 f"cannot reach a target. Received: target_sparsity={target_sparsity}, "
                 "prune=False"
             )
-        self.min_live_groups = _int_at_least("min_live_groups", min_live_groups, 1)
+        self.min_live_groups = int_at_least("min_live_groups", min_live_groups, 1)
+        self.round_to = int_at_least("round_to", round_to, 1)
         self.prune = bool(prune)
         self.freeze = bool(freeze)
         self.begin_epoch = begin_epoch
@@ -258,7 +253,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         rows, norms = pruning.measure(self._infos, self.threshold, check_finite=True)
         dead = pruning.select(
             self._infos, rows, norms, self.threshold, self.relative_threshold,
-            target, self.metric, self.ranking, self.min_live_groups,
+            target, self.metric, self.ranking, self.min_live_groups, self.round_to,
         )  # fmt: skip
         if any(d.any() for d in dead):
             self._apply(dead)

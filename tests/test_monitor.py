@@ -206,6 +206,7 @@ def test_nan_weights_stop_with_the_layer_name(toy_data):
         ({"update_freq": "batch"}, "update_freq"),
         ({"update_freq": True}, "update_freq"),
         ({"min_live_groups": 0}, "min_live_groups"),
+        ({"round_to": 0}, "round_to"),
         ({"ranking": "best"}, "ranking"),
         ({"metric": "bytes"}, "metric"),
         ({"relative_threshold": 1.5}, "relative_threshold"),
@@ -246,3 +247,22 @@ def test_relative_threshold(toy_data):
     monitor = gss.SparsityMonitor(relative_threshold=0.5, verbose=0)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[Weaken(), monitor])
     assert list(dead_groups(model.layers[0])) == [4, 9]
+
+
+def test_round_to_prunes_whole_blocks_at_every_step(toy_data):
+    x, y = toy_data  # 12 steps per epoch: a cut every 3 batches
+    model = compile_classifier(gss.attach(mlp(), gss.GroupLasso(1e-3)))
+    monitor = gss.SparsityMonitor(
+        threshold=0.0, target_sparsity=0.7, update_freq=3, round_to=8, verbose=0
+    )
+    live_counts = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            rows = gss.sparsity_report(self.model, threshold=0.0).rows
+            live_counts.append([r.groups - r.zero_groups for r in rows])
+
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[monitor, Spy()])
+    assert live_counts[-1][:2] != [48, 32] and live_counts[-1][2] == 2
+    assert all(n % 8 == 0 for counts in live_counts for n in counts[:2])
+    assert monitor.history[-1]["sparsity"] >= 0.7

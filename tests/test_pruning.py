@@ -74,7 +74,8 @@ def test_flop_target_and_hybrid_ranking():
     gss.prune(model, target_sparsity=0.6, metric="flops", ranking="hybrid")
     assert gss.model_stats(model).flop_ratio <= 0.4 + 1e-9
     model = small_convnet()
-    gss.prune(model, target_sparsity=0.6, metric="flops", ranking="rms", min_live_groups=2)
+    with pytest.warns(UserWarning, match="not reached"):  # 2 live each: 0.56 at most
+        gss.prune(model, target_sparsity=0.6, metric="flops", ranking="rms", min_live_groups=2)
     report = gss.sparsity_report(model, threshold=0)
     assert all(r.groups - r.zero_groups >= 2 for r in report.rows)
 
@@ -171,3 +172,96 @@ def test_target_counts_groups_that_are_already_zero_once():
     model.layers[0].kernel.assign(kernel)
     report = gss.prune(model, target_sparsity=0.8)
     assert 0.8 <= report.sparsity <= 0.8 + 40 / report.weights
+
+
+def _block_greedy_reference(kernels, target, round_to, min_live=1):
+    """numpy: the zero columns and the weakest `live % round_to` of each hidden layer
+    are dead; then whole blocks of `round_to`, ranked by their strongest member's
+    rms, until `target` of all kernel weights is zero. Dead columns per layer."""
+    total = sum(k.size for k in kernels)
+    blocks, dead = [], []
+    for i, k in enumerate(kernels[:-1]):
+        rms = np.sqrt((k**2).mean(axis=0))
+        order = [g for g in np.argsort(rms, kind="stable") if rms[g] > 0]
+        rest = len(order) % round_to
+        dead.append(set(np.flatnonzero(rms == 0)) | set(order[:rest]))
+        cuts = [order[s : s + round_to] for s in range(rest, len(order), round_to)]
+        blocks += [(max(rms[c]), i, c) for c in cuts]
+    blocks.sort(key=lambda b: b[:2])
+    zero = sum(len(d) * k.shape[0] for d, k in zip(dead, kernels))
+    for _, i, cut in blocks:
+        if zero >= np.ceil(target * total):
+            break
+        if kernels[i].shape[1] - len(dead[i]) - len(cut) >= min_live:
+            dead[i] |= set(cut)
+            zero += len(cut) * kernels[i].shape[0]
+    return dead
+
+
+@pytest.mark.parametrize("round_to", [1, 4, 8])
+def test_round_to_prunes_whole_blocks_like_numpy_reference(round_to):
+    model = mlp(hidden=(40, 32), inputs=12, outputs=3)
+    rng = np.random.default_rng(round_to)
+    for layer in model.layers:
+        layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    kernel = model.layers[0].kernel.numpy()
+    kernel[:, [3, 17, 30]] = 0.0  # 37 live: the first block is the weakest 37 % r
+    model.layers[0].kernel.assign(kernel)
+    kernels = [layer.kernel.numpy() for layer in model.layers]
+    expected = _block_greedy_reference(kernels, 0.7, round_to)
+    report = gss.prune(model, target_sparsity=0.7, round_to=round_to)
+    assert report.sparsity >= 0.7
+    for layer, want in zip(model.layers[:-1], expected):
+        norms = np.linalg.norm(layer.kernel.numpy(), axis=0)
+        assert set(np.flatnonzero(norms == 0)) == want
+        assert len(want) > 3 and (norms.size - len(want)) % round_to == 0
+    assert report.rows[-1].zero_groups == 0
+
+
+def test_round_to_alone_drops_each_layers_weakest_remainder():
+    model = mlp(hidden=(40, 32), inputs=12, outputs=3)
+    kernel = model.layers[0].kernel.numpy()
+    kernel[:, [3, 17, 30]] = 0.0
+    kernel[:, 5] *= 1e-4  # the weakest live column, then column 9
+    kernel[:, 9] *= 1e-3
+    model.layers[0].kernel.assign(kernel)
+    report = gss.prune(model, round_to=4)  # no target: 37 live -> 36
+    dead = np.flatnonzero(np.linalg.norm(model.layers[0].kernel.numpy(), axis=0) == 0)
+    assert set(dead) == {3, 17, 30, 5}
+    assert [r.zero_groups for r in report.rows] == [4, 0, 0]
+
+
+def test_round_to_keeps_whole_blocks_at_the_floor_and_on_convolutions():
+    model = mlp(hidden=(40, 32))
+    with pytest.warns(UserWarning, match="not reached"):
+        report = gss.prune(model, target_sparsity=0.99, round_to=8)
+    assert [r.groups - r.zero_groups for r in report.rows] == [8, 8, 2]
+    with pytest.warns(UserWarning, match="not reached"):
+        report = gss.prune(mlp(hidden=(40, 32)), 0.99, round_to=8, min_live_groups=9)
+    assert [r.groups - r.zero_groups for r in report.rows] == [16, 16, 2]
+    model = small_convnet()  # 4 and 6 filters, 5 units: remainders 0, 0, 1
+    gss.prune(model, target_sparsity=0.5, metric="flops", ranking="hybrid", round_to=2)
+    assert gss.model_stats(model).flop_ratio <= 0.5 + 1e-9
+    live = [r.groups - r.zero_groups for r in gss.sparsity_report(model, threshold=0).rows]
+    assert all(n % 2 == 0 or n == full for n, full in zip(live[:3], (4, 6, 5)))
+    assert live[3] == 3
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, True, "8"])
+def test_round_to_rejects_non_positive_integers(bad):
+    model = mlp()
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(ValueError, match="`round_to`"):
+        gss.prune(model, 0.5, round_to=bad)
+    with pytest.raises(ValueError, match="`round_to`"):
+        gss.SparsityMonitor(target_sparsity=0.5, round_to=bad)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
+
+
+def test_prune_warns_when_the_floors_keep_the_target_out_of_reach():
+    with pytest.warns(UserWarning, match="round_to=2"):
+        gss.prune(small_convnet(), 0.6, metric="flops", ranking="hybrid", round_to=2)
+    model = mlp(hidden=(40, 32))
+    with pytest.warns(UserWarning, match="not reached"):
+        report = gss.prune(model, 0.99, min_live_groups=20)
+    assert [r.groups - r.zero_groups for r in report.rows] == [20, 20, 2]
