@@ -127,8 +127,8 @@ def select(
     `relative_threshold` times the largest group norm of its layer); then, if
     `target` is set, the lowest-scored live groups until the target is met. Output
     layers are never pruned and every layer keeps `min_live_groups` live groups.
-    With `round_to` r > 1 every layer then also loses its weakest `live % r`
-    groups (unless that would leave fewer than `min_live_groups`), and the target
+    With `round_to` r > 1 every layer with dead groups then also loses its weakest
+    `live % r` groups (unless that would leave fewer than `min_live_groups`), and the target
     prunes r groups at a time, each block ranked by its strongest member: every
     live count stays a multiple of r (or the layer's untouched full width).
     """
@@ -152,7 +152,8 @@ def select(
         for info, layer_norms, mask, new in zip(infos, norms, masks, dead):
             alive = np.flatnonzero(mask & ~new)
             extra = alive.size % round_to
-            if not info.protected and extra and alive.size - extra >= min_live_groups:
+            pruned = alive.size < info.groups  # a full width stays as it is
+            if not info.protected and pruned and extra and alive.size - extra >= min_live_groups:
                 new[alive[np.argsort(layer_norms[alive], kind="stable")[:extra]]] = True
     if target is None:
         return dead
