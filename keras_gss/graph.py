@@ -163,6 +163,11 @@ def live_flops(infos: list[LayerInfo], live: list[int]) -> float:
     return _live_total(infos, live, [info.dense_flops for info in infos])
 
 
+def flop_ratio(infos: list[LayerInfo], live: list[int]) -> float:
+    """`live_flops` over the dense FLOPs of the same layers: the share left."""
+    return live_flops(infos, live) / max(1.0, sum(info.dense_flops for info in infos))
+
+
 def live_weights(infos: list[LayerInfo], live: list[int]) -> float:
     """Grouped-weight entries left once dead groups and the inputs they fed are removed."""
     return _live_total(infos, live, [info.weights for info in infos])

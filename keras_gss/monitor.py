@@ -214,9 +214,7 @@ class SparsityMonitor(keras.callbacks.Callback):
             rows, norms = pruning.measure(self._infos, self.threshold, check_finite=False)
         report = SparsityReport(rows=tuple(rows), threshold=self.threshold)
         live = [int(n.size - r.zero_groups) for n, r in zip(norms, rows)]
-        flop_ratio = graph.live_flops(self._infos, live) / max(
-            1.0, sum(info.dense_flops for info in self._infos)
-        )
+        flop_ratio = graph.flop_ratio(self._infos, live)
         record = {
             "epoch": int(epoch),
             "sparsity": report.sparsity,

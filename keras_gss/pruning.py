@@ -196,10 +196,9 @@ def _blocks(order: np.ndarray, round_to: int) -> list[np.ndarray]:
     """Groups in pruning order cut into blocks: the remainder first, then `round_to`
     at a time, so that every block pruned leaves a multiple of `round_to` live."""
     first = order.size % round_to
-    cuts = ([order[:first]] if first else []) + [
+    return ([order[:first]] if first else []) + [
         order[k : k + round_to] for k in range(first, order.size, round_to)
     ]
-    return cuts
 
 
 def apply(model: keras.Model, infos: list[graph.LayerInfo], dead: list[np.ndarray], freeze: bool):
@@ -327,7 +326,7 @@ def prune(
         reached = report.sparsity
         if metric == "flops":
             live = [row.groups - row.zero_groups for row in rows]
-            reached = 1.0 - graph.live_flops(infos, live) / sum(i.dense_flops for i in infos)
+            reached = 1.0 - graph.flop_ratio(infos, live)
         if reached < target - 1e-9:
             warnings.warn(
                 f"prune: target_sparsity={target} ({metric}) was not reached: {reached:.4f}. "
