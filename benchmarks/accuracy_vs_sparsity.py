@@ -66,6 +66,12 @@ VARIANTS = {
         "group-lasso", lasso=2e-4, proximal=5e-6, ranking="memory", min_live_groups=4,
         gradual=True,
     ),  # fmt: skip
+    # the recommended recipe ranked by "memory": its shape (few conv1 filters, many
+    # conv2 filters) trained from scratch beats the pruned one (`scratch-memory`)
+    "recipe-steps-memory": R(
+        "group-lasso", lasso=2e-4, proximal=5e-6, ranking="memory", min_live_groups=4,
+        gradual=True, end_epoch=1, update_freq=50,
+    ),  # fmt: skip
     # the fraction attention on top of the recipe: does an attention term add to it?
     "recipe-fraction": R(
         "gss", lasso=5e-4, variance=5e-4, attention="fraction", keep=0.25, proximal=1e-5,
@@ -79,15 +85,16 @@ WEIGHTS_OF = {"magnitude": "dense", "recipe-fraction-r8": "recipe-fraction"}
 # the dense network with the widths `compact` gives another method's pruned model
 # at the same seed and level, trained from scratch with the same budget: how much
 # of the drop is the smaller architecture itself (Liu et al. 2019)
-SCRATCH = {"scratch": "recipe"}
-VARIANTS["scratch"] = R("dense")
+SCRATCH = {"scratch": "recipe", "scratch-memory": "recipe-memory"}
+VARIANTS["scratch"] = VARIANTS["scratch-memory"] = R("dense")
 CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
 ABLATION = [
     "recipe-gradual", "gss-fraction", "gss-scale-invariant", "gss-warmup", "ssl-proximal",
     "ssl-auto", "recipe-strong", "recipe-weaker", "scratch", "recipe-gradual-weaker",
     "recipe-fraction", "recipe-steps", "recipe-memory", "recipe-fraction-r8",
+    "scratch-memory", "recipe-steps-memory",
 ]  # fmt: skip
-FLOP_ONLY = {"recipe-memory"}
+FLOP_ONLY = {"recipe-memory", "scratch-memory", "recipe-steps-memory"}
 HEADLINE = ["gss-fraction", "recipe-gradual", "scratch"]  # ablation run first for every seed
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 ABLATION_LEVELS = [0.8, 0.9, 0.95]

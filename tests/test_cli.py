@@ -175,3 +175,21 @@ def test_benchmark_from_scratch_baseline_copies_the_compact_widths(tmp_path):
         assert scratch["flop_ratio"] == pytest.approx(pruned["flop_ratio"], rel=1e-6)
         assert scratch["live_params"] == pruned["live_params"]
         assert 0 <= scratch["accuracy_finetuned"] <= 1
+
+
+def test_benchmark_plans_the_memory_shape_variants_at_the_flop_level_only():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "accuracy_vs_sparsity", ROOT / "benchmarks" / "accuracy_vs_sparsity.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    methods = ["dense", "scratch-memory", "recipe-steps-memory"]
+    args = bench.parse_args(["--levels", "0.9", "--seeds", "2", "--methods", *methods])
+    jobs = bench.plan(args)
+    expected = [(s, m, 0.85, "flops") for s in (0, 1) for m in methods if m != "dense"]
+    assert sorted(jobs) == sorted(expected)  # no weight levels: FLOP targets only
+    assert bench.SCRATCH["scratch-memory"] == "recipe-memory"  # its widths come from there
+    steps, memory = bench.VARIANTS["recipe-steps"], bench.VARIANTS["recipe-steps-memory"]
+    assert memory.to_dict() == {**steps.to_dict(), "ranking": "memory"}
