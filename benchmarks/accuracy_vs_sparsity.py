@@ -66,12 +66,6 @@ VARIANTS = {
         "group-lasso", lasso=2e-4, proximal=5e-6, ranking="memory", min_live_groups=4,
         gradual=True,
     ),  # fmt: skip
-    # the recommended recipe ranked by "memory": its shape (few conv1 filters, many
-    # conv2 filters) trained from scratch beats the pruned one (`scratch-memory`)
-    "recipe-steps-memory": R(
-        "group-lasso", lasso=2e-4, proximal=5e-6, ranking="memory", min_live_groups=4,
-        gradual=True, end_epoch=1, update_freq=50,
-    ),  # fmt: skip
     # the fraction attention on top of the recipe: does an attention term add to it?
     "recipe-fraction": R(
         "gss", lasso=5e-4, variance=5e-4, attention="fraction", keep=0.25, proximal=1e-5,
@@ -81,6 +75,9 @@ VARIANTS = {
 # the same trained weights pruned with live widths a multiple of 8 (`round_to`):
 # vector-friendly compact models; a one-shot prune, so no training of its own
 VARIANTS["recipe-fraction-r8"] = R(**{**VARIANTS["recipe-fraction"].to_dict(), "round_to": 8})
+# the recommended recipe ranked by "memory": few conv1 filters, many conv2 filters,
+# the shape that trained from scratch (`scratch-memory`) beats the pruned one
+VARIANTS["recipe-steps-memory"] = R(**{**VARIANTS["recipe-steps"].to_dict(), "ranking": "memory"})
 WEIGHTS_OF = {"magnitude": "dense", "recipe-fraction-r8": "recipe-fraction"}
 # the dense network with the widths `compact` gives another method's pruned model
 # at the same seed and level, trained from scratch with the same budget: how much
