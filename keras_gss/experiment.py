@@ -44,6 +44,8 @@ class Recipe:
         update_freq: with `gradual`, prune every this many batches (or `"epoch"`).
         round_to: every pruned layer keeps a multiple of this many live groups
             (vector-friendly widths for CPU kernels; 1 = any count).
+        release: with `gradual`, remove the regularizers once the level is
+            reached, so the epochs left train on the task loss alone.
     """
 
     method: str = "gss"
@@ -60,6 +62,7 @@ class Recipe:
     end_epoch: int | None = None
     update_freq: str | int = "epoch"
     round_to: int = 1
+    release: bool = False
 
     def __post_init__(self):
         pruning.check_choice("method", self.method, METHODS)
@@ -79,6 +82,7 @@ class Recipe:
             end_epoch=self.end_epoch,
             update_freq=self.update_freq,
             round_to=self.round_to,
+            release=self.release,
             verbose=verbose,
         )
 

@@ -14,6 +14,7 @@ import keras
 
 from keras_gss import graph, groups, pruning
 from keras_gss._validate import fraction, int_at_least, non_negative
+from keras_gss.attach import detach
 from keras_gss.report import SparsityReport
 
 
@@ -84,6 +85,10 @@ class SparsityMonitor(keras.callbacks.Callback):
         min_live_groups: live groups every non-output layer keeps (default 1).
         round_to: every pruned layer keeps a multiple of this many live groups
             (default 1; 8 or 16 suit CPU kernels, see `keras_gss.prune`).
+        release: once the target is reached (the end of `end_epoch`), remove
+            keras-gss regularizers and proximal steps (`keras_gss.detach`), so the
+            epochs left train the kept groups on the task loss alone; pruned
+            groups stay frozen (default False; needs `target_sparsity`).
 
     Example:
 
@@ -113,6 +118,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         end_epoch: int | None = None,
         update_freq: str | int = "epoch",
         round_to: int = 1,
+        release: bool = False,
     ):
         super().__init__()
         self.threshold = non_negative("threshold", threshold)
@@ -135,6 +141,11 @@ class SparsityMonitor(keras.callbacks.Callback):
                 f"cannot reach a target. Received: target_sparsity={target_sparsity}, "
                 "prune=False"
             )
+        if release and self.target_sparsity is None:
+            raise ValueError(
+                "`release` needs `target_sparsity`: the regularizers are removed once the "
+                "target is reached. Received: release=True, target_sparsity=None"
+            )
         self.min_live_groups = int_at_least("min_live_groups", min_live_groups, 1)
         self.round_to = int_at_least("round_to", round_to, 1)
         self.prune = bool(prune)
@@ -142,6 +153,8 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.begin_epoch = begin_epoch
         self.end_epoch = end_epoch
         self.update_freq = update_freq
+        self.release = bool(release)
+        self.released_epoch: int | None = None  # the epoch whose end released them
         self._epoch = 0
         self._next_batch = 0
         self.verbose = int(verbose)
@@ -152,6 +165,7 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
+        self.released_epoch = None
         self._infos = graph.describe(model)
         lora = groups.lora_layers(model)
         if lora:
@@ -210,6 +224,10 @@ class SparsityMonitor(keras.callbacks.Callback):
         target = self._target_at(epoch + 1) if self.prune else None
         if self.prune:
             rows, norms = self._prune(target)
+            if self.release and self.released_epoch is None and target == self.target_sparsity:
+                detach(self.model)
+                self._retrace()
+                self.released_epoch = int(epoch)
         else:
             rows, norms = pruning.measure(self._infos, self.threshold, check_finite=False)
         report = SparsityReport(rows=tuple(rows), threshold=self.threshold)
@@ -221,6 +239,7 @@ class SparsityMonitor(keras.callbacks.Callback):
             "group_sparsity": report.group_sparsity,
             "flop_ratio": flop_ratio,
             "target": target,
+            "released": self.released_epoch is not None,
             "layers": {row.layer: row.to_dict() for row in rows},
         }
         self.history.append(record)
@@ -234,6 +253,8 @@ class SparsityMonitor(keras.callbacks.Callback):
             if target is not None:
                 title += f" (target {target:.1%} of {self.metric})"
             title += f", FLOPs left {flop_ratio:.1%}"
+            if self.released_epoch == epoch:
+                title += "; regularizers released"
             print(f"{title}\n{report}", flush=True)
 
     # -- internals ---------------------------------------------------------

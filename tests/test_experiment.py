@@ -53,9 +53,10 @@ def test_one_shot_recipe_ignores_the_level_and_does_not_prune(toy_data):
 
 def test_recipe_monitor_carries_the_levers():
     recipe = experiment.Recipe("gss", ranking="hybrid", metric="flops", min_live_groups=3,
-                               gradual=True, end_epoch=2, update_freq=25, round_to=8)  # fmt: skip
+                               gradual=True, end_epoch=2, update_freq=25, round_to=8,
+                               release=True)  # fmt: skip
     monitor = recipe.monitor(0.8)
-    assert monitor.round_to == 8
+    assert monitor.round_to == 8 and monitor.release
     assert (monitor.target_sparsity, monitor.ranking, monitor.metric) == (0.8, "hybrid", "flops")
     assert (monitor.end_epoch, monitor.update_freq) == (2, 25)
     assert monitor.min_live_groups == 3 and monitor.threshold == 0.0

@@ -52,6 +52,30 @@ def test_update_freq_prunes_inside_epochs_and_end_epoch_finishes_early(toy_data)
     assert final[1] == final[2] == final[3]  # ... and nothing more is cut after it
 
 
+def test_release_removes_the_regularizers_once_the_target_is_reached(toy_data):
+    x, y = toy_data
+
+    def fit(release):
+        keras.utils.set_random_seed(0)
+        model = compile_classifier(gss.attach(mlp(), gss.GroupLasso(0.3), proximal=1e-3))
+        monitor = gss.SparsityMonitor(target_sparsity=0.5, end_epoch=0, release=release, verbose=0)
+        model.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[monitor])
+        return model, monitor
+
+    released, monitor = fit(True)
+    assert monitor.released_epoch == 0
+    assert [r["released"] for r in monitor.history] == [True] * 4
+    assert released.losses == []  # no regularization term left ...
+    for layer in released.layers[:-1]:  # ... no proximal step, but the masks stay
+        assert isinstance(layer.kernel.constraint, gss.GroupMask)
+        assert layer.kernel.constraint.constraint is None
+    assert [r["sparsity"] for r in monitor.history][1:] == [monitor.history[0]["sparsity"]] * 3
+    kept, _ = fit(False)
+    # the strong lasso keeps shrinking the kept groups unless it is released
+    for a, b in zip(released.layers[:-1], kept.layers[:-1]):
+        assert np.linalg.norm(a.kernel.numpy()) > 2 * np.linalg.norm(b.kernel.numpy())
+
+
 def test_update_freq_without_known_steps_falls_back_to_epoch_ends(toy_data):
     x, y = toy_data
 
@@ -211,6 +235,7 @@ def test_nan_weights_stop_with_the_layer_name(toy_data):
         ({"metric": "bytes"}, "metric"),
         ({"relative_threshold": 1.5}, "relative_threshold"),
         ({"target_sparsity": 0.5, "prune": False}, "target_sparsity"),
+        ({"release": True}, "release"),
     ],
 )
 def test_bad_arguments(kwargs, arg):
