@@ -78,20 +78,33 @@ VARIANTS["recipe-fraction-r8"] = R(**{**VARIANTS["recipe-fraction"].to_dict(), "
 # the recommended recipe ranked by "memory": few conv1 filters, many conv2 filters,
 # the shape that trained from scratch (`scratch-memory`) beats the pruned one
 VARIANTS["recipe-steps-memory"] = R(**{**VARIANTS["recipe-steps"].to_dict(), "ranking": "memory"})
+# the same with a floor of 12 live groups per layer: conv1 keeps the 11-12 filters of
+# `scratch-memory`'s shape instead of the 7-8 that `recipe-steps-memory` ends with
+VARIANTS["recipe-steps-memory-min12"] = R(
+    **{**VARIANTS["recipe-steps-memory"].to_dict(), "min_live_groups": 12}
+)
 WEIGHTS_OF = {"magnitude": "dense", "recipe-fraction-r8": "recipe-fraction"}
 # the dense network with the widths `compact` gives another method's pruned model
 # at the same seed and level, trained from scratch with the same budget: how much
 # of the drop is the smaller architecture itself (Liu et al. 2019)
-SCRATCH = {"scratch": "recipe", "scratch-memory": "recipe-memory"}
-VARIANTS["scratch"] = VARIANTS["scratch-memory"] = R("dense")
+SCRATCH = {
+    "scratch": "recipe",
+    "scratch-memory": "recipe-memory",
+    "scratch-steps-memory": "recipe-steps-memory",
+}
+for _name in SCRATCH:
+    VARIANTS[_name] = R("dense")
 CORE = ["dense", "magnitude", "ssl", "gss", "recipe"]
 ABLATION = [
     "recipe-gradual", "gss-fraction", "gss-scale-invariant", "gss-warmup", "ssl-proximal",
     "ssl-auto", "recipe-strong", "recipe-weaker", "scratch", "recipe-gradual-weaker",
     "recipe-fraction", "recipe-steps", "recipe-memory", "recipe-fraction-r8",
-    "scratch-memory", "recipe-steps-memory",
+    "scratch-memory", "recipe-steps-memory", "scratch-steps-memory", "recipe-steps-memory-min12",
 ]  # fmt: skip
-FLOP_ONLY = {"recipe-memory", "scratch-memory", "recipe-steps-memory"}
+FLOP_ONLY = {
+    "recipe-memory", "scratch-memory", "recipe-steps-memory", "scratch-steps-memory",
+    "recipe-steps-memory-min12",
+}  # fmt: skip
 HEADLINE = ["gss-fraction", "recipe-gradual", "scratch"]  # ablation run first for every seed
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 ABLATION_LEVELS = [0.8, 0.9, 0.95]

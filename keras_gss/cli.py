@@ -37,6 +37,7 @@ DEFAULTS = {
     "end_epoch": None,
     "update_freq": 10,
     "round_to": 1,
+    "min_live_groups": 4,
     "finetune_epochs": 1.0,
     "finetune_lr": None,
     "limit": 10000,
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ramp; 'epoch': only at epoch ends")  # fmt: skip
     p.add_argument("--round-to", type=int, help="pruned layers keep a multiple of this many "
                    "live units/filters (8 or 16: faster compact models on CPU)")  # fmt: skip
+    p.add_argument("--min-live-groups", type=int, help="live units/filters every pruned "
+                   "layer keeps (default 4; 12 with --ranking memory at FLOP targets)")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--finetune-lr", type=float, help="Adam learning rate of the fine-tune "
                    "(default: --lr / 10 after pruning while training, --lr after magnitude "
@@ -97,7 +100,7 @@ def _update_freq(text: str) -> str | int:
 
 
 def _check(args) -> None:
-    for name in ("epochs", "batch_size", "round_to"):
+    for name in ("epochs", "batch_size", "round_to", "min_live_groups"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("lr", "lasso", "variance", "threshold", "finetune_epochs", "proximal"):
@@ -145,6 +148,7 @@ def run_train(args) -> dict:
         proximal=args.proximal or None,
         ranking=args.ranking,
         metric=args.metric,
+        min_live_groups=args.min_live_groups,
         round_to=args.round_to,
     )
     verbose = {0: 0, 1: 1, 2: 2}[args.verbose]
@@ -185,7 +189,7 @@ def run_train(args) -> dict:
             update_freq=args.update_freq,
             ranking=args.ranking,
             metric=args.metric,
-            min_live_groups=4,
+            min_live_groups=args.min_live_groups,
             round_to=args.round_to,
             verbose=verbose,
         )

