@@ -75,8 +75,8 @@ VARIANTS = {
 # the same trained weights pruned with live widths a multiple of 8 (`round_to`):
 # vector-friendly compact models; a one-shot prune, so no training of its own
 VARIANTS["recipe-fraction-r8"] = R(**{**VARIANTS["recipe-fraction"].to_dict(), "round_to": 8})
-# the recommended recipe ranked by "memory": few conv1 filters, many conv2 filters,
-# the shape that trained from scratch (`scratch-memory`) beats the pruned one
+# the recommended recipe ranked by "memory": few conv1 filters (7-8), many conv2
+# filters; trained from scratch, its shape does no better (`scratch-steps-memory`)
 VARIANTS["recipe-steps-memory"] = R(**{**VARIANTS["recipe-steps"].to_dict(), "ranking": "memory"})
 # the same with a floor of 12 live groups per layer: conv1 keeps the 11-12 filters of
 # `scratch-memory`'s shape instead of the 7-8 that `recipe-steps-memory` ends with
