@@ -150,6 +150,11 @@ def run_train(args) -> dict:
         metric=args.metric,
         min_live_groups=args.min_live_groups,
         round_to=args.round_to,
+        gradual=args.method in ("gss", "group-lasso"),  # pruned while it trains
+        end_epoch=args.end_epoch,
+        update_freq=args.update_freq,
+        threshold=args.threshold,
+        begin_epoch=args.begin_epoch,
     )
     verbose = {0: 0, 1: 1, 2: 2}[args.verbose]
     fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": verbose}
@@ -181,18 +186,7 @@ def run_train(args) -> dict:
         print(f"\n== {args.method} training, pruned to {args.target_sparsity:.0%} ==", flush=True)
         model = fresh()
         norms_before = _rms_norms(model, layer_group_norms)
-        monitor = SparsityMonitor(
-            threshold=args.threshold,
-            target_sparsity=args.target_sparsity or None,
-            begin_epoch=args.begin_epoch,
-            end_epoch=args.end_epoch,
-            update_freq=args.update_freq,
-            ranking=args.ranking,
-            metric=args.metric,
-            min_live_groups=args.min_live_groups,
-            round_to=args.round_to,
-            verbose=verbose,
-        )
+        monitor = recipe.monitor(args.target_sparsity or None, verbose=verbose)
         with timer("train"):
             experiment.train(model, recipe, x, y, args.epochs, callbacks=[monitor, csv], **fit)
     else:

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_gss import pruning
+from keras_gss._validate import int_at_least, non_negative
 from keras_gss.attach import attach, detach
 from keras_gss.monitor import SparsityMonitor
 from keras_gss.regularizers import GroupLasso, GuidedStructuredSparsity
@@ -46,6 +47,16 @@ class Recipe:
             (vector-friendly widths for CPU kernels; 1 = any count).
         release: with `gradual`, remove the regularizers once the level is
             reached, so the epochs left train on the task loss alone.
+        threshold: with `gradual`, a group whose norm is at or below this counts
+            as zero and is pruned at once (0 = exact zeros only).
+        begin_epoch: with `gradual`, the epoch (0-based) the pruning ramp starts at.
+
+    Example:
+
+    >>> recipe = Recipe("group-lasso", lasso=2e-4, proximal=5e-6, gradual=True,
+    ...                 end_epoch=1, update_freq=50)
+    >>> recipe.monitor(0.9).update_freq
+    50
     """
 
     method: str = "gss"
@@ -63,19 +74,27 @@ class Recipe:
     update_freq: str | int = "epoch"
     round_to: int = 1
     release: bool = False
+    threshold: float = 0.0
+    begin_epoch: int = 0
 
     def __post_init__(self):
         pruning.check_choice("method", self.method, METHODS)
+        non_negative("threshold", self.threshold)
+        int_at_least("begin_epoch", self.begin_epoch, 0)
+        if self.end_epoch is not None:
+            int_at_least("end_epoch", self.end_epoch, self.begin_epoch)
 
     @property
     def structured(self) -> bool:
         return self.method in ("gss", "group-lasso")
 
-    def monitor(self, level: float, verbose: int = 0) -> SparsityMonitor:
-        """The callback that prunes to `level` during training (`gradual`)."""
+    def monitor(self, level: float | None, verbose: int = 0) -> SparsityMonitor:
+        """The callback that prunes to `level` during training (`gradual`); with
+        `level=None` it prunes only groups at or below `threshold`."""
         return SparsityMonitor(
-            threshold=0.0,
+            threshold=self.threshold,
             target_sparsity=level,
+            begin_epoch=self.begin_epoch,
             ranking=self.ranking,
             metric=self.metric,
             min_live_groups=self.min_live_groups,

@@ -42,6 +42,9 @@ def test_keras_gss_train_end_to_end(tmp_path):
     assert report["sparsity"]["total"]["sparsity"] >= 0.5
     assert report["recipe"]["round_to"] == 8 and report["hyperparameters"]["round_to"] == 8
     assert report["recipe"]["min_live_groups"] == 24
+    # the monitor is the recipe's own: the report records the levers it pruned with
+    assert report["recipe"]["gradual"] and report["recipe"]["update_freq"] == 3
+    assert report["recipe"]["threshold"] == 1e-3 and report["recipe"]["end_epoch"] == 0
     live = list(report["live_units"].values())
     assert all(n % 8 == 0 for n in live[:-1]) and live[-1] == 10 and sum(live) < 970
     assert min(live[:-1]) >= 24

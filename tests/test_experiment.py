@@ -62,3 +62,20 @@ def test_recipe_monitor_carries_the_levers():
     assert monitor.min_live_groups == 3 and monitor.threshold == 0.0
     with pytest.raises(ValueError, match="target_sparsity"):
         recipe.monitor(1.5)
+    tuned = experiment.Recipe("group-lasso", gradual=True, threshold=1e-3, begin_epoch=1,
+                              end_epoch=2)  # fmt: skip
+    monitor = tuned.monitor(0.5)
+    assert (monitor.threshold, monitor.begin_epoch, monitor.end_epoch) == (1e-3, 1, 2)
+    assert tuned.to_dict()["threshold"] == 1e-3 and tuned.to_dict()["begin_epoch"] == 1
+    measuring = tuned.monitor(None)  # no target: prunes at the threshold only
+    assert measuring.target_sparsity is None and measuring.threshold == 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"threshold": -1e-3}, "threshold"), ({"threshold": float("nan")}, "threshold"),
+     ({"begin_epoch": -1}, "begin_epoch"), ({"begin_epoch": 2, "end_epoch": 1}, "end_epoch")],
+)  # fmt: skip
+def test_recipe_rejects_bad_monitor_levers(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        experiment.Recipe("group-lasso", gradual=True, **kwargs)
