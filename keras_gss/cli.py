@@ -38,6 +38,7 @@ DEFAULTS = {
     "update_freq": 10,
     "round_to": 1,
     "min_live_groups": 4,
+    "release": False,
     "finetune_epochs": 1.0,
     "finetune_lr": None,
     "limit": 10000,
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "live units/filters (8 or 16: faster compact models on CPU)")  # fmt: skip
     p.add_argument("--min-live-groups", type=int, help="live units/filters every pruned "
                    "layer keeps (default 4; 12 with --ranking memory at FLOP targets)")  # fmt: skip
+    p.add_argument("--release", action="store_true", help="remove the regularizers "
+                   "once the target is reached (the rest trains on the task loss)")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--finetune-lr", type=float, help="Adam learning rate of the fine-tune "
                    "(default: --lr / 10 after pruning while training, --lr after magnitude "
@@ -119,6 +122,9 @@ def _check(args) -> None:
         )
     if not 0 <= args.target_sparsity < 1:
         raise SystemExit("--target-sparsity must be in [0, 1)")
+    if args.release and not args.target_sparsity:
+        raise SystemExit("--release needs --target-sparsity > 0: the regularizers are removed "
+                         "once the target is reached")  # fmt: skip
     if args.limit < 0:
         raise SystemExit("--limit must be >= 0 (0 = the whole training set)")
 
@@ -155,6 +161,7 @@ def run_train(args) -> dict:
         update_freq=args.update_freq,
         threshold=args.threshold,
         begin_epoch=args.begin_epoch,
+        release=args.release,
     )
     verbose = {0: 0, 1: 1, 2: 2}[args.verbose]
     fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": verbose}

