@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -127,6 +128,36 @@ def _check(args) -> None:
                          "once the target is reached")  # fmt: skip
     if args.limit < 0:
         raise SystemExit("--limit must be >= 0 (0 = the whole training set)")
+    try:  # the levers the checks above leave to the Recipe (--keep)
+        _recipe(args)
+    except ValueError as err:
+        name = re.search(r"`(\w+)`", str(err))
+        flag = f"--{name.group(1).replace('_', '-')}: " if name else ""
+        raise SystemExit(f"{flag}{err}") from None
+
+
+def _recipe(args):
+    """The run's `Recipe`: the method and every lever the monitor prunes with."""
+    from keras_gss import experiment
+
+    return experiment.Recipe(
+        method=args.method,
+        lasso=args.lasso,
+        variance=args.variance,
+        attention=args.attention,
+        keep=args.keep,
+        proximal=args.proximal or None,
+        ranking=args.ranking,
+        metric=args.metric,
+        min_live_groups=args.min_live_groups,
+        round_to=args.round_to,
+        gradual=args.method in ("gss", "group-lasso"),  # pruned while it trains
+        end_epoch=args.end_epoch,
+        update_freq=args.update_freq,
+        threshold=args.threshold,
+        begin_epoch=args.begin_epoch,
+        release=args.release,
+    )
 
 
 def run_train(args) -> dict:
@@ -145,24 +176,7 @@ def run_train(args) -> dict:
             args.dataset, limit=args.limit or None, return_source=True
         )
     print(f"Data: {source.describe()}; {len(x)} train / {len(xt)} test images", flush=True)
-    recipe = experiment.Recipe(
-        method=args.method,
-        lasso=args.lasso,
-        variance=args.variance,
-        attention=args.attention,
-        keep=args.keep,
-        proximal=args.proximal or None,
-        ranking=args.ranking,
-        metric=args.metric,
-        min_live_groups=args.min_live_groups,
-        round_to=args.round_to,
-        gradual=args.method in ("gss", "group-lasso"),  # pruned while it trains
-        end_epoch=args.end_epoch,
-        update_freq=args.update_freq,
-        threshold=args.threshold,
-        begin_epoch=args.begin_epoch,
-        release=args.release,
-    )
+    recipe = _recipe(args)
     verbose = {0: 0, 1: 1, 2: 2}[args.verbose]
     fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": verbose}
     report: dict = {

@@ -17,7 +17,7 @@ from keras_gss import pruning
 from keras_gss._validate import int_at_least, non_negative
 from keras_gss.attach import attach, detach
 from keras_gss.monitor import SparsityMonitor
-from keras_gss.regularizers import GroupLasso, GuidedStructuredSparsity
+from keras_gss.regularizers import ATTENTIONS, GroupLasso, GuidedStructuredSparsity
 from keras_gss.schedules import AttentionWarmup
 
 METHODS = ("gss", "group-lasso", "magnitude", "dense")
@@ -78,8 +78,23 @@ class Recipe:
     begin_epoch: int = 0
 
     def __post_init__(self):
+        # every lever checked here, by its own name, not later by what it builds
         pruning.check_choice("method", self.method, METHODS)
-        non_negative("threshold", self.threshold)
+        pruning.check_choice("attention", self.attention, ATTENTIONS)
+        pruning.check_choice("ranking", self.ranking, pruning.RANKINGS)
+        pruning.check_choice("metric", self.metric, pruning.METRICS)
+        for name in ("lasso", "variance", "threshold"):
+            non_negative(name, getattr(self, name))
+        if self.proximal is not None:
+            non_negative("proximal", self.proximal)
+        if not 0 < non_negative("keep", self.keep) < 1:
+            raise ValueError(f"Invalid value for argument `keep`. Expected a float in (0, 1). "
+                             f"Received: keep={self.keep!r}")  # fmt: skip
+        int_at_least("warmup", self.warmup, 0)
+        int_at_least("min_live_groups", self.min_live_groups, 1)
+        int_at_least("round_to", self.round_to, 1)
+        if self.update_freq != "epoch":
+            int_at_least("update_freq", self.update_freq, 1)
         int_at_least("begin_epoch", self.begin_epoch, 0)
         if self.end_epoch is not None:
             int_at_least("end_epoch", self.end_epoch, self.begin_epoch)

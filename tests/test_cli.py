@@ -85,7 +85,7 @@ def test_cli_finetune_lr_default(extra, finetune_lr):
     [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1"),
      ("--end-epoch", "3"), ("--begin-epoch", "-1"), ("--update-freq", "0"),
      ("--update-freq", "often"), ("--round-to", "0"), ("--min-live-groups", "0"),
-     ("--release", "0")],
+     ("--release", "0"), ("--keep", "1.5")],
 )  # fmt: skip
 def test_cli_rejects_bad_arguments(tmp_path, flag, value):
     args = [sys.executable, "-m", "keras_gss", "train", flag, value, "--output", str(tmp_path)]

@@ -74,8 +74,15 @@ def test_recipe_monitor_carries_the_levers():
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"threshold": -1e-3}, "threshold"), ({"threshold": float("nan")}, "threshold"),
-     ({"begin_epoch": -1}, "begin_epoch"), ({"begin_epoch": 2, "end_epoch": 1}, "end_epoch")],
+     ({"begin_epoch": -1}, "begin_epoch"), ({"begin_epoch": 2, "end_epoch": 1}, "end_epoch"),
+     ({"lasso": -2e-4}, "lasso"), ({"variance": float("inf")}, "variance"),
+     ({"proximal": -1e-5}, "proximal"), ({"keep": 1.0}, "keep"), ({"keep": 0}, "keep"),
+     ({"attention": "softmax"}, "attention"), ({"ranking": "l1"}, "ranking"),
+     ({"metric": "params"}, "metric"), ({"warmup": -1}, "warmup"), ({"warmup": 1.5}, "warmup"),
+     ({"min_live_groups": 0}, "min_live_groups"), ({"round_to": 0}, "round_to"),
+     ({"update_freq": 0}, "update_freq"), ({"update_freq": "batch"}, "update_freq"),
+     ({"method": "ssl"}, "method")],
 )  # fmt: skip
-def test_recipe_rejects_bad_monitor_levers(kwargs, name):
+def test_recipe_rejects_bad_levers_by_name(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        experiment.Recipe("group-lasso", gradual=True, **kwargs)
+        experiment.Recipe(**{"method": "group-lasso", "gradual": True, **kwargs})
