@@ -91,6 +91,7 @@ SCRATCH = {
     "scratch": "recipe",
     "scratch-memory": "recipe-memory",
     "scratch-steps-memory": "recipe-steps-memory",
+    "scratch-steps-memory-min12": "recipe-steps-memory-min12",
 }
 for _name in SCRATCH:
     VARIANTS[_name] = R("dense")
@@ -100,10 +101,11 @@ ABLATION = [
     "ssl-auto", "recipe-strong", "recipe-weaker", "scratch", "recipe-gradual-weaker",
     "recipe-fraction", "recipe-steps", "recipe-memory", "recipe-fraction-r8",
     "scratch-memory", "recipe-steps-memory", "scratch-steps-memory", "recipe-steps-memory-min12",
+    "scratch-steps-memory-min12",
 ]  # fmt: skip
 FLOP_ONLY = {
     "recipe-memory", "scratch-memory", "recipe-steps-memory", "scratch-steps-memory",
-    "recipe-steps-memory-min12",
+    "recipe-steps-memory-min12", "scratch-steps-memory-min12",
 }  # fmt: skip
 HEADLINE = ["gss-fraction", "recipe-gradual", "scratch"]  # ablation run first for every seed
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]

@@ -197,13 +197,17 @@ def test_benchmark_plans_the_memory_shape_variants_at_the_flop_level_only():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     methods = ["dense", "scratch-memory", "recipe-steps-memory", "scratch-steps-memory",
-               "recipe-steps-memory-min12"]  # fmt: skip
+               "recipe-steps-memory-min12", "scratch-steps-memory-min12"]  # fmt: skip
     args = bench.parse_args(["--levels", "0.9", "--seeds", "2", "--methods", *methods])
     jobs = bench.plan(args)
     expected = [(s, m, 0.85, "flops") for s in (0, 1) for m in methods if m != "dense"]
     assert sorted(jobs) == sorted(expected)  # no weight levels: FLOP targets only
     assert bench.SCRATCH["scratch-memory"] == "recipe-memory"  # its widths come from there
     assert bench.SCRATCH["scratch-steps-memory"] == "recipe-steps-memory"
+    assert bench.SCRATCH["scratch-steps-memory-min12"] == "recipe-steps-memory-min12"
+    # a shape trained from scratch runs after the pruned run that gives it its widths
+    assert jobs.index((1, "scratch-steps-memory-min12", 0.85, "flops")) > jobs.index(
+        (1, "recipe-steps-memory-min12", 0.85, "flops"))
     assert bench.VARIANTS["scratch-steps-memory"].method == "dense"
     steps, memory = bench.VARIANTS["recipe-steps"], bench.VARIANTS["recipe-steps-memory"]
     assert memory.to_dict() == {**steps.to_dict(), "ranking": "memory"}
