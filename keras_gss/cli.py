@@ -40,6 +40,7 @@ DEFAULTS = {
     "round_to": 1,
     "min_live_groups": 4,
     "release": False,
+    "layers": None,
     "finetune_epochs": 1.0,
     "finetune_lr": None,
     "limit": 10000,
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "layer keeps (default 4; 12 with --ranking memory at FLOP targets)")  # fmt: skip
     p.add_argument("--release", action="store_true", help="remove the regularizers "
                    "once the target is reached (the rest trains on the task loss)")  # fmt: skip
+    p.add_argument("--layers", nargs="+", help="names of the layers that may be pruned "
+                   "(default: all but the output; e.g. conv1 conv2)")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--finetune-lr", type=float, help="Adam learning rate of the fine-tune "
                    "(default: --lr / 10 after pruning while training, --lr after magnitude "
@@ -134,6 +137,13 @@ def _check(args) -> None:
         name = re.search(r"`(\w+)`", str(err))
         flag = f"--{name.group(1).replace('_', '-')}: " if name else ""
         raise SystemExit(f"{flag}{err}") from None
+    if args.layers:  # names checked on the network itself, before any training
+        from keras_gss import graph, models
+
+        try:
+            graph.restrict(graph.describe(models.lenet()), args.layers)
+        except ValueError as err:
+            raise SystemExit(f"--layers: {err}") from None
 
 
 def _recipe(args):
@@ -157,6 +167,7 @@ def _recipe(args):
         threshold=args.threshold,
         begin_epoch=args.begin_epoch,
         release=args.release,
+        layers=args.layers,
     )
 
 

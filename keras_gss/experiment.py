@@ -16,6 +16,7 @@ import numpy as np
 from keras_gss import pruning
 from keras_gss._validate import int_at_least, non_negative
 from keras_gss.attach import attach, detach
+from keras_gss.graph import check_layers
 from keras_gss.monitor import SparsityMonitor
 from keras_gss.regularizers import ATTENTIONS, GroupLasso, GuidedStructuredSparsity
 from keras_gss.schedules import AttentionWarmup
@@ -50,6 +51,8 @@ class Recipe:
         threshold: with `gradual`, a group whose norm is at or below this counts
             as zero and is pruned at once (0 = exact zeros only).
         begin_epoch: with `gradual`, the epoch (0-based) the pruning ramp starts at.
+        layers: names of the layers that may be pruned (None = every prunable
+            layer but the output).
 
     Example:
 
@@ -76,6 +79,7 @@ class Recipe:
     release: bool = False
     threshold: float = 0.0
     begin_epoch: int = 0
+    layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
         # every lever checked here, by its own name, not later by what it builds
@@ -95,6 +99,12 @@ class Recipe:
         int_at_least("round_to", self.round_to, 1)
         if self.update_freq != "epoch":
             int_at_least("update_freq", self.update_freq, 1)
+        if self.layers is not None:
+            names = check_layers(self.layers)
+            if not all(isinstance(name, str) for name in names):
+                raise TypeError(f"Invalid value for argument `layers`. A Recipe names layers "
+                                f"(str). Received: layers={self.layers!r}")  # fmt: skip
+            object.__setattr__(self, "layers", names)  # frozen: a tuple, from a list too
         int_at_least("begin_epoch", self.begin_epoch, 0)
         if self.end_epoch is not None:
             int_at_least("end_epoch", self.end_epoch, self.begin_epoch)
@@ -117,6 +127,7 @@ class Recipe:
             update_freq=self.update_freq,
             round_to=self.round_to,
             release=self.release,
+            layers=self.layers,
             verbose=verbose,
         )
 
@@ -189,6 +200,7 @@ def prune_to(model: keras.Model, recipe: Recipe, level: float):
         ranking=recipe.ranking,
         min_live_groups=recipe.min_live_groups,
         round_to=recipe.round_to,
+        layers=recipe.layers,
     )
 
 

@@ -71,6 +71,7 @@ class LayerInfo:
     dense_flops: float
     frozen: bool = False  # trainable=False: measured, never pruned
     activations: int = 1  # values one group writes per example (its output positions)
+    excluded: bool = False  # outside the `layers` a pruner was given: measured, never pruned
 
     @property
     def weights(self) -> int:
@@ -78,8 +79,8 @@ class LayerInfo:
 
     @property
     def protected(self) -> bool:
-        """Never pruned: the model's output units, or a frozen layer."""
-        return self.is_output or self.frozen
+        """Never pruned: the model's output units, a frozen or an excluded layer."""
+        return self.is_output or self.frozen or self.excluded
 
 
 def _node_tensors(layer):
@@ -114,6 +115,47 @@ def _producer(layer, index_of: dict[int, int]) -> int | None:
             return None
         inputs, _ = _node_tensors(op)
     return None
+
+
+def check_layers(layers) -> tuple | None:
+    """`layers` as a tuple of layer names or layer objects (None stays None)."""
+    if layers is None:
+        return None
+    if isinstance(layers, (str, keras.layers.Layer)):
+        layers = [layers]
+    try:
+        items = tuple(layers)
+    except TypeError:
+        items = None
+    if not items or not all(isinstance(x, (str, keras.layers.Layer)) for x in items):
+        raise TypeError(
+            "Invalid value for argument `layers`. Expected None, or layer names or layer "
+            f"objects (one or a non-empty list). Received: layers={layers!r}"
+        )
+    return items
+
+
+def restrict(infos: list[LayerInfo], layers) -> list[LayerInfo]:
+    """Mark every layer not named in `layers` as excluded (measured, never pruned)."""
+    layers = check_layers(layers)
+    if layers is None:
+        return infos
+    by_name = {info.layer.name: info for info in infos}
+    chosen = set()
+    for item in layers:
+        if isinstance(item, str):
+            info = by_name.get(item)
+        else:
+            info = next((i for i in infos if i.layer is item), None)
+        if info is None:
+            raise ValueError(
+                f"Invalid value in argument `layers`: {item!r} is not a prunable layer of "
+                f"this model. Its prunable layers are: {sorted(by_name)}."
+            )
+        chosen.add(id(info.layer))
+    for info in infos:
+        info.excluded = id(info.layer) not in chosen
+    return infos
 
 
 def describe(model: keras.Model) -> list[LayerInfo]:

@@ -89,6 +89,10 @@ class SparsityMonitor(keras.callbacks.Callback):
             keras-gss regularizers and proximal steps (`keras_gss.detach`), so the
             epochs left train the kept groups on the task loss alone; pruned
             groups stay frozen (default False; needs `target_sparsity`).
+        layers: names or layer objects that may be pruned (default None: every
+            prunable layer but the output); the others are measured and count in
+            the target, never pruned (e.g. `["conv1", "conv2"]` to reach a FLOP
+            target in the convolutions alone).
 
     Example:
 
@@ -119,8 +123,10 @@ class SparsityMonitor(keras.callbacks.Callback):
         update_freq: str | int = "epoch",
         round_to: int = 1,
         release: bool = False,
+        layers=None,
     ):
         super().__init__()
+        self.layers = graph.check_layers(layers)
         self.threshold = non_negative("threshold", threshold)
         self.target_sparsity = fraction("target_sparsity", target_sparsity)
         self.relative_threshold = fraction("relative_threshold", relative_threshold)
@@ -166,7 +172,7 @@ class SparsityMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self.released_epoch = None
-        self._infos = graph.describe(model)
+        self._infos = graph.restrict(graph.describe(model), self.layers)
         lora = groups.lora_layers(model)
         if lora:
             warnings.warn(

@@ -274,6 +274,7 @@ def prune(
     freeze: bool = True,
     min_live_groups: int = 1,
     round_to: int = 1,
+    layers=None,
 ) -> SparsityReport:
     """Hard-prune whole groups of a trained model once, now.
 
@@ -293,6 +294,8 @@ def prune(
             8 or 16: a convolution with 17 filters runs as slowly as one with 32,
             so `round_to=8` or `16` turns the same FLOPs into more speed once
             compacted (see the README's "Inference speed").
+        layers: names or layer objects that may be pruned (default None: every
+            prunable layer but the output); the others still count in the target.
 
     Returns:
         The `SparsityReport` after pruning (exact zeros: threshold 0).
@@ -314,7 +317,7 @@ def prune(
     check_choice("ranking", ranking, RANKINGS)
     min_live_groups = int_at_least("min_live_groups", min_live_groups, 1)
     round_to = int_at_least("round_to", round_to, 1)
-    infos = graph.describe(model)
+    infos = graph.restrict(graph.describe(model), layers)
     rows, norms = measure(infos, threshold)
     dead = select(
         infos, rows, norms, threshold, None, target, metric, ranking, min_live_groups, round_to

@@ -69,6 +69,19 @@ def test_recipe_monitor_carries_the_levers():
     assert tuned.to_dict()["threshold"] == 1e-3 and tuned.to_dict()["begin_epoch"] == 1
     measuring = tuned.monitor(None)  # no target: prunes at the threshold only
     assert measuring.target_sparsity is None and measuring.threshold == 1e-3
+    convs = experiment.Recipe("group-lasso", layers=["conv1", "conv2"])
+    assert convs.layers == ("conv1", "conv2") and convs.monitor(0.5).layers == convs.layers
+    assert experiment.Recipe(**convs.to_dict()) == convs
+    with pytest.raises(TypeError, match="layers"):
+        experiment.Recipe("group-lasso", layers=[keras.layers.Dense(2)])
+
+
+def test_prune_to_passes_the_recipes_layers(toy_data):
+    model = mlp(hidden=(40, 30))
+    experiment.prune_to(model, experiment.Recipe("group-lasso", layers=("dense_1",)), 0.3)
+    norms = [np.linalg.norm(layer.kernel.numpy(), axis=0) for layer in model.layers]
+    zero = [int((n == 0).sum()) for n in norms]
+    assert zero[0] == zero[2] == 0 and zero[1] > 0
 
 
 @pytest.mark.parametrize(

@@ -291,3 +291,22 @@ def test_round_to_prunes_whole_blocks_at_every_step(toy_data):
     assert live_counts[-1][:2] != [48, 32] and live_counts[-1][2] == 2
     assert all(n % 8 == 0 for counts in live_counts for n in counts[:2])
     assert monitor.history[-1]["sparsity"] >= 0.7
+
+
+def test_layers_limits_the_monitor_to_the_named_layers(toy_data):
+    x, y = toy_data
+    model = compile_classifier(gss.attach(mlp(), gss.GroupLasso(1e-3)))
+    monitor = gss.SparsityMonitor(target_sparsity=0.3, layers="dense_1", verbose=0)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[monitor])
+    report = gss.sparsity_report(model, threshold=0.0)
+    assert report["dense"].zero_groups == 0 and report["dense_2"].zero_groups == 0
+    assert report["dense_1"].zero_groups > 0 and monitor.history[-1]["sparsity"] >= 0.3
+    unknown = compile_classifier(mlp())
+    before = [w.numpy().copy() for w in unknown.weights]
+    wrong = gss.SparsityMonitor(target_sparsity=0.3, layers=["conv1"])
+    with pytest.raises(ValueError, match="'conv1' is not a prunable layer"):
+        unknown.fit(x, y, epochs=1, verbose=0, callbacks=[wrong])
+    for w, b in zip(unknown.weights, before):  # refused before any step
+        np.testing.assert_array_equal(w.numpy(), b)
+    with pytest.raises(TypeError, match="layers"):
+        gss.SparsityMonitor(layers=5)

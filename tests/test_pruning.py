@@ -265,3 +265,35 @@ def test_prune_warns_when_the_floors_keep_the_target_out_of_reach():
     with pytest.warns(UserWarning, match="not reached"):
         report = gss.prune(model, 0.99, min_live_groups=20)
     assert [r.groups - r.zero_groups for r in report.rows] == [20, 20, 2]
+
+
+def test_layers_restricts_pruning_and_the_rest_still_counts_like_numpy_reference():
+    model = mlp(hidden=(40, 30))
+    before = [layer.kernel.numpy().copy() for layer in model.layers]
+    report = gss.prune(model, target_sparsity=0.3, layers=["dense_1"])
+    # numpy reference: the weakest-rms units of dense_1 go first until 30 % of all
+    # kernel weights (24*40 + 40*30 + 30*2 = 2220) are zero; each unit holds 40 weights
+    k1 = before[1]
+    rms = np.linalg.norm(k1, axis=0) / np.sqrt(k1.shape[0])
+    need = int(np.ceil(0.3 * 2220 / k1.shape[0]))
+    expected = set(np.argsort(rms, kind="stable")[:need])
+    dead = set(np.flatnonzero(np.linalg.norm(model.layers[1].kernel.numpy(), axis=0) == 0))
+    assert dead == expected and report.sparsity >= 0.3
+    for i in (0, 2):  # excluded layers untouched, the output too
+        np.testing.assert_array_equal(model.layers[i].kernel.numpy(), before[i])
+    layer = model.layers[0]  # a layer object works as well as its name
+    gss.prune(model, target_sparsity=0.5, layers=[layer])
+    assert np.linalg.norm(layer.kernel.numpy(), axis=0).min() == 0
+
+
+def test_layers_rejects_unknown_names_and_bad_types_and_prunes_nothing():
+    model = mlp()
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(ValueError, match="'fc9' is not a prunable layer.*dense"):
+        gss.prune(model, target_sparsity=0.5, layers=["fc9"])
+    with pytest.raises(TypeError, match="layers"):
+        gss.prune(model, target_sparsity=0.5, layers=[3])
+    with pytest.raises(TypeError, match="layers"):
+        gss.prune(model, target_sparsity=0.5, layers=[])
+    for w, b in zip(model.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
