@@ -229,6 +229,8 @@ def run(args) -> list[dict]:
     fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": 0}
     tune = {**fit, "lr": args.lr if args.finetune_lr is None else args.finetune_lr}
     results = []
+    if args.report_only:  # every seed with a cached dense result
+        args.seeds = len(list(cache.glob("dense-s*.json")))
     jobs = plan(args)
     total = len(jobs) + args.seeds
     done = 0
@@ -313,9 +315,6 @@ def run(args) -> list[dict]:
         )
         return dense
 
-    if args.report_only:
-        args.seeds = len(list(cache.glob("dense-s*.json")))
-        jobs = [job for job in jobs if job[0] < args.seeds]
     for seed in range(args.seeds):
         dense_result(seed)
     for seed, method, level, metric in jobs:
