@@ -148,27 +148,15 @@ def _check(args) -> None:
 
 def _recipe(args):
     """The run's `Recipe`: the method and every lever the monitor prunes with."""
+    import dataclasses
+
     from keras_gss import experiment
 
-    return experiment.Recipe(
-        method=args.method,
-        lasso=args.lasso,
-        variance=args.variance,
-        attention=args.attention,
-        keep=args.keep,
-        proximal=args.proximal or None,
-        ranking=args.ranking,
-        metric=args.metric,
-        min_live_groups=args.min_live_groups,
-        round_to=args.round_to,
-        gradual=args.method in ("gss", "group-lasso"),  # pruned while it trains
-        end_epoch=args.end_epoch,
-        update_freq=args.update_freq,
-        threshold=args.threshold,
-        begin_epoch=args.begin_epoch,
-        release=args.release,
-        layers=args.layers,
-    )
+    names = {field.name for field in dataclasses.fields(experiment.Recipe)}
+    levers = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    levers["proximal"] = args.proximal or None  # 0 disables it
+    levers["gradual"] = args.method in ("gss", "group-lasso")  # pruned while it trains
+    return experiment.Recipe(**levers)
 
 
 def run_train(args) -> dict:
