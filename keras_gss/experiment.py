@@ -52,7 +52,7 @@ class Recipe:
             as zero and is pruned at once (0 = exact zeros only).
         begin_epoch: with `gradual`, the epoch (0-based) the pruning ramp starts at.
         layers: names of the layers that may be pruned (None = every prunable
-            layer but the output).
+            layer but the output); the regularizers still go on every one.
 
     Example:
 

@@ -92,7 +92,8 @@ class SparsityMonitor(keras.callbacks.Callback):
         layers: names or layer objects that may be pruned (default None: every
             prunable layer but the output); the others are measured and count in
             the target, never pruned (e.g. `["conv1", "conv2"]` to reach a FLOP
-            target in the convolutions alone).
+            target in the convolutions alone). Regularizers are `attach`'s
+            business: this only limits what the monitor prunes.
 
     Example:
 

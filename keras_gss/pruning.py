@@ -295,7 +295,8 @@ def prune(
             so `round_to=8` or `16` turns the same FLOPs into more speed once
             compacted (see the README's "Inference speed").
         layers: names or layer objects that may be pruned (default None: every
-            prunable layer but the output); the others still count in the target.
+            prunable layer); the others still count in the target. The output
+            layer's units are never pruned, named or not.
 
     Returns:
         The `SparsityReport` after pruning (exact zeros: threshold 0).
@@ -333,8 +334,9 @@ def prune(
         if reached < target - 1e-9:
             warnings.warn(
                 f"prune: target_sparsity={target} ({metric}) was not reached: {reached:.4f}. "
-                f"Every layer is at its floor (min_live_groups={min_live_groups}, "
-                f"round_to={round_to}); lower them or the target.",
+                f"Every layer it may prune is at its floor (min_live_groups="
+                f"{min_live_groups}, round_to={round_to}); lower them or the target"
+                + (", or name more `layers`." if layers is not None else "."),
                 stacklevel=2,
             )
     return report

@@ -265,6 +265,9 @@ def test_prune_warns_when_the_floors_keep_the_target_out_of_reach():
     with pytest.warns(UserWarning, match="not reached"):
         report = gss.prune(model, 0.99, min_live_groups=20)
     assert [r.groups - r.zero_groups for r in report.rows] == [20, 20, 2]
+    model = mlp(hidden=(40, 32))
+    with pytest.warns(UserWarning, match="name more `layers`"):  # one layer cannot reach it
+        gss.prune(model, 0.9, layers=[model.layers[0]])
 
 
 def test_layers_restricts_pruning_and_the_rest_still_counts_like_numpy_reference():
