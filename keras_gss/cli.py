@@ -41,6 +41,7 @@ DEFAULTS = {
     "min_live_groups": 4,
     "release": False,
     "layers": None,
+    "regularize": "all",
     "finetune_epochs": 1.0,
     "finetune_lr": None,
     "limit": 10000,
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "once the target is reached (the rest trains on the task loss)")  # fmt: skip
     p.add_argument("--layers", nargs="+", help="names of the layers that may be pruned "
                    "(default: all but the output; e.g. conv1 conv2)")  # fmt: skip
+    p.add_argument("--regularize", choices=["all", "pruned"], help="where the regularizers "
+                   "go: every layer but the output, or only --layers (default all)")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs (0.25 = a quarter)")
     p.add_argument("--finetune-lr", type=float, help="Adam learning rate of the fine-tune "
                    "(default: --lr / 10 after pruning while training, --lr after magnitude "

@@ -22,6 +22,7 @@ from keras_gss.regularizers import ATTENTIONS, GroupLasso, GuidedStructuredSpars
 from keras_gss.schedules import AttentionWarmup
 
 METHODS = ("gss", "group-lasso", "magnitude", "dense")
+REGULARIZE = ("all", "pruned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,11 @@ class Recipe:
             as zero and is pruned at once (0 = exact zeros only).
         begin_epoch: with `gradual`, the epoch (0-based) the pruning ramp starts at.
         layers: names of the layers that may be pruned (None = every prunable
-            layer but the output); the regularizers still go on every one.
+            layer but the output).
+        regularize: where `train` attaches the regularizers and proximal step:
+            `"all"` (every prunable layer but the output) or `"pruned"` (only
+            `layers`; the same as `"all"` when `layers` is None). With `"pruned"`
+            the layers that are never pruned train on the task loss alone.
 
     Example:
 
@@ -80,6 +85,7 @@ class Recipe:
     threshold: float = 0.0
     begin_epoch: int = 0
     layers: tuple[str, ...] | None = None
+    regularize: str = "all"
 
     def __post_init__(self):
         # every lever checked here, by its own name, not later by what it builds
@@ -87,6 +93,7 @@ class Recipe:
         pruning.check_choice("attention", self.attention, ATTENTIONS)
         pruning.check_choice("ranking", self.ranking, pruning.RANKINGS)
         pruning.check_choice("metric", self.metric, pruning.METRICS)
+        pruning.check_choice("regularize", self.regularize, REGULARIZE)
         for name in ("lasso", "variance", "threshold"):
             non_negative(name, getattr(self, name))
         if self.proximal is not None:
@@ -178,7 +185,8 @@ def train(
     """
     callbacks = list(callbacks or [])
     if recipe.structured:
-        attach(model, recipe.regularizer(), proximal=recipe.proximal)
+        where = recipe.layers if recipe.regularize == "pruned" else None
+        attach(model, recipe.regularizer(), proximal=recipe.proximal, layers=where)
         if recipe.method == "gss" and recipe.warmup:
             callbacks.insert(0, AttentionWarmup(recipe.warmup))
         if recipe.gradual and level is not None:

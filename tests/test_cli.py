@@ -85,7 +85,7 @@ def test_cli_finetune_lr_default(extra, finetune_lr):
     [("--target-sparsity", "1.2"), ("--finetune-lr", "-1e-4"), ("--lr", "-1"),
      ("--end-epoch", "3"), ("--begin-epoch", "-1"), ("--update-freq", "0"),
      ("--update-freq", "often"), ("--round-to", "0"), ("--min-live-groups", "0"),
-     ("--release", "0"), ("--keep", "1.5"), ("--layers", "fc9")],
+     ("--release", "0"), ("--keep", "1.5"), ("--layers", "fc9"), ("--regularize", "convs")],
 )  # fmt: skip
 def test_cli_rejects_bad_arguments(tmp_path, flag, value):
     args = [sys.executable, "-m", "keras_gss", "train", flag, value, "--output", str(tmp_path)]
@@ -213,6 +213,11 @@ def test_benchmark_plans_the_memory_shape_variants_at_the_flop_level_only():
     assert memory.to_dict() == {**steps.to_dict(), "ranking": "memory"}
     floor = bench.VARIANTS["recipe-steps-memory-min12"]
     assert floor.to_dict() == {**memory.to_dict(), "min_live_groups": 12}
+    convs = bench.VARIANTS["recipe-steps-memory-conv16"]
+    assert convs.layers == ("conv1", "conv2") and convs.regularize == "all"
+    only = bench.VARIANTS["recipe-steps-memory-conv16-regpruned"]
+    assert only.to_dict() == {**convs.to_dict(), "regularize": "pruned"}
+    assert "recipe-steps-memory-conv16-regpruned" in bench.FLOP_ONLY
 
 
 def test_cli_layers_reach_the_recipe_and_its_monitor():
@@ -222,3 +227,7 @@ def test_cli_layers_reach_the_recipe_and_its_monitor():
     cli._check(args)
     recipe = cli._recipe(args)
     assert recipe.layers == ("conv1", "conv2") and recipe.monitor(0.85).layers == recipe.layers
+    assert recipe.regularize == "all"
+    args = cli.build_parser().parse_args(["train", "--layers", "conv1", "--regularize", "pruned"])
+    cli._check(args)
+    assert cli._recipe(args).regularize == "pruned"

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from keras_gss import experiment
+from keras_gss.constraints import ProximalGroupLasso
 from keras_gss.report import model_stats, sparsity_report
 from tests.conftest import mlp
 
@@ -84,6 +85,25 @@ def test_prune_to_passes_the_recipes_layers(toy_data):
     assert zero[0] == zero[2] == 0 and zero[1] > 0
 
 
+@pytest.mark.parametrize("regularize", ["all", "pruned"])
+def test_train_attaches_the_regularizers_where_the_recipe_says(toy_data, regularize):
+    x, y = toy_data
+    model = mlp(hidden=(48, 32))
+    first, second, output = model.layers
+    recipe = experiment.Recipe("group-lasso", lasso=1e-3, proximal=1e-4, layers=(second.name,),
+                               regularize=regularize)  # fmt: skip
+    experiment.train(model, recipe, x[:128], y[:128], epochs=1, batch_size=64, lr=1e-2, verbose=0)
+    chosen = [second] if regularize == "pruned" else [first, second]  # never the output
+    assert [layer for layer in model.layers if layer.kernel.regularizer is not None] == chosen
+    assert [layer for layer in model.layers
+            if isinstance(layer.kernel.constraint, ProximalGroupLasso)] == chosen  # fmt: skip
+    # the loss fit minimised beside the task: the group lasso of those kernels only
+    kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in chosen]
+    reference = sum(1e-3 * np.linalg.norm(kernel, axis=0).sum() for kernel in kernels)
+    added = sum(float(keras.ops.convert_to_numpy(loss)) for loss in model.losses)
+    assert added == pytest.approx(reference, rel=1e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"threshold": -1e-3}, "threshold"), ({"threshold": float("nan")}, "threshold"),
@@ -94,7 +114,7 @@ def test_prune_to_passes_the_recipes_layers(toy_data):
      ({"metric": "params"}, "metric"), ({"warmup": -1}, "warmup"), ({"warmup": 1.5}, "warmup"),
      ({"min_live_groups": 0}, "min_live_groups"), ({"round_to": 0}, "round_to"),
      ({"update_freq": 0}, "update_freq"), ({"update_freq": "batch"}, "update_freq"),
-     ({"method": "ssl"}, "method")],
+     ({"method": "ssl"}, "method"), ({"regularize": "convs"}, "regularize")],
 )  # fmt: skip
 def test_recipe_rejects_bad_levers_by_name(kwargs, name):
     with pytest.raises(ValueError, match=name):
