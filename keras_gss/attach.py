@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import keras
 
-from keras_gss import groups
+from keras_gss import graph, groups
 from keras_gss._validate import non_negative
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
 from keras_gss.regularizers import ActivityAttention, GuidedStructuredSparsity, _GroupRegularizer
@@ -29,17 +29,9 @@ def _resolve_layers(model: keras.Model, layers, skip_output: bool) -> list[keras
             outputs = {id(layer) for layer in groups.output_layers(model)}
             chosen = [layer for layer in chosen if id(layer) not in outputs]
     else:
-        if isinstance(layers, (str, keras.layers.Layer)):
-            layers = [layers]
-        by_name = {layer.name: layer for layer in groups.iter_layers(model)}
+        known = list(groups.iter_layers(model))
         chosen = []
-        for item in layers:
-            layer = by_name.get(item) if isinstance(item, str) else item
-            if layer is None or not any(layer is known for known in by_name.values()):
-                raise ValueError(
-                    f"Invalid value in argument `layers`: {item!r} is not a layer of model "
-                    f"'{model.name}'. Its layers are: {sorted(by_name)}."
-                )
+        for layer in graph.find_layers(known, layers, "layer", f"model '{model.name}'"):
             if groups.get_spec(layer) is None:
                 raise ValueError(
                     f"Layer '{layer.name}' ({type(layer).__name__}) has no groups to "

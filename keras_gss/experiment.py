@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_gss import pruning
-from keras_gss._validate import int_at_least, non_negative
+from keras_gss._validate import check_update_freq, int_at_least, non_negative, open_fraction
 from keras_gss.attach import attach, detach
 from keras_gss.graph import check_layers
 from keras_gss.monitor import SparsityMonitor
@@ -98,14 +98,11 @@ class Recipe:
             non_negative(name, getattr(self, name))
         if self.proximal is not None:
             non_negative("proximal", self.proximal)
-        if not 0 < non_negative("keep", self.keep) < 1:
-            raise ValueError(f"Invalid value for argument `keep`. Expected a float in (0, 1). "
-                             f"Received: keep={self.keep!r}")  # fmt: skip
+        open_fraction("keep", self.keep)
         int_at_least("warmup", self.warmup, 0)
         int_at_least("min_live_groups", self.min_live_groups, 1)
         int_at_least("round_to", self.round_to, 1)
-        if self.update_freq != "epoch":
-            int_at_least("update_freq", self.update_freq, 1)
+        check_update_freq(self.update_freq)
         if self.layers is not None:
             names = check_layers(self.layers)
             if not all(isinstance(name, str) for name in names):

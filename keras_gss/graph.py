@@ -135,24 +135,29 @@ def check_layers(layers) -> tuple | None:
     return items
 
 
+def find_layers(candidates: list, layers, kind: str, owner: str) -> list:
+    """The layers of `candidates` that `layers` names (layer names or objects), in
+    the order given; an unknown item raises a ValueError naming it and the choices."""
+    by_name = {layer.name: layer for layer in candidates}
+    found = []
+    for item in check_layers(layers):
+        layer = by_name.get(item) if isinstance(item, str) else item
+        if layer is None or not any(layer is known for known in candidates):
+            raise ValueError(
+                f"Invalid value in argument `layers`: {item!r} is not a {kind} of {owner}. "
+                f"Its {kind}s are: {sorted(by_name)}."
+            )
+        found.append(layer)
+    return found
+
+
 def restrict(infos: list[LayerInfo], layers) -> list[LayerInfo]:
     """Mark every layer not named in `layers` as excluded (measured, never pruned)."""
     layers = check_layers(layers)
     if layers is None:
         return infos
-    by_name = {info.layer.name: info for info in infos}
-    chosen = set()
-    for item in layers:
-        if isinstance(item, str):
-            info = by_name.get(item)
-        else:
-            info = next((i for i in infos if i.layer is item), None)
-        if info is None:
-            raise ValueError(
-                f"Invalid value in argument `layers`: {item!r} is not a prunable layer of "
-                f"this model. Its prunable layers are: {sorted(by_name)}."
-            )
-        chosen.add(id(info.layer))
+    found = find_layers([info.layer for info in infos], layers, "prunable layer", "this model")
+    chosen = {id(layer) for layer in found}
     for info in infos:
         info.excluded = id(info.layer) not in chosen
     return infos

@@ -13,7 +13,7 @@ import warnings
 import keras
 
 from keras_gss import graph, groups, pruning
-from keras_gss._validate import fraction, int_at_least, non_negative
+from keras_gss._validate import check_update_freq, fraction, int_at_least, non_negative
 from keras_gss.attach import detach
 from keras_gss.report import SparsityReport
 
@@ -136,12 +136,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         int_at_least("begin_epoch", begin_epoch, 0)
         if end_epoch is not None:
             int_at_least("end_epoch", end_epoch, begin_epoch)
-        if update_freq != "epoch":
-            if not isinstance(update_freq, int) or isinstance(update_freq, bool) or update_freq < 1:
-                raise ValueError(
-                    "Invalid value for argument `update_freq`. Expected 'epoch' or an int "
-                    f">= 1 (batches). Received: update_freq={update_freq!r}"
-                )
+        check_update_freq(update_freq)
         if self.target_sparsity is not None and not prune:
             raise ValueError(
                 "`target_sparsity` needs `prune=True`: a monitor that only measures "

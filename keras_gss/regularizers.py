@@ -13,7 +13,7 @@ import keras
 from keras import ops
 
 from keras_gss import groups
-from keras_gss._validate import non_negative
+from keras_gss._validate import non_negative, open_fraction
 
 _register = keras.saving.register_keras_serializable(package="keras_gss")
 
@@ -181,12 +181,7 @@ class GuidedStructuredSparsity(_GroupRegularizer):
                 f"Received: attention={attention!r}"
             )
         self.attention = attention
-        self.keep = non_negative("keep", keep, strict=True)
-        if self.keep >= 1:
-            raise ValueError(
-                "Invalid value for argument `keep`. Expected a float in (0, 1). "
-                f"Received: keep={keep!r}"
-            )
+        self.keep = open_fraction("keep", keep)
         super().__init__(group_axis)
 
     def __call__(self, x):

@@ -93,8 +93,12 @@ def test_bad_input():
     with pytest.raises(ValueError, match="no prunable layer"):
         gss.attach(no_prunable)
     model = mlp()
-    with pytest.raises(ValueError, match="'nope' is not a layer"):
+    with pytest.raises(ValueError, match="'nope' is not a layer of model .*Its layers are"):
         gss.attach(model, layers=["nope"])
+    for empty in ([], [3]):  # refused as a type, like prune's and the monitor's `layers`
+        with pytest.raises(TypeError, match="`layers`"):
+            gss.attach(model, layers=empty)
+    assert not model.losses  # nothing attached by the refused calls
     with pytest.raises(ValueError, match="no groups"):
         gss.attach(
             keras.Sequential([keras.Input((4,)), keras.layers.Flatten(name="fl")]), layers=["fl"]
