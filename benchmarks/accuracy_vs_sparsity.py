@@ -95,6 +95,12 @@ VARIANTS["recipe-steps-memory-conv16"] = R(
 VARIANTS["recipe-steps-memory-conv16-regpruned"] = R(
     **{**VARIANTS["recipe-steps-memory-conv16"].to_dict(), "regularize": "pruned"}
 )
+# ablation: the same pruning with no regularizer at all (lasso 0, no proximal step):
+# what do the group lasso and the proximal step buy in the best recipe?
+VARIANTS["prune-steps-memory-conv16"] = R(
+    **{**VARIANTS["recipe-steps-memory-conv16-regpruned"].to_dict(), "lasso": 0.0,
+       "proximal": None}
+)  # fmt: skip
 WEIGHTS_OF = {"magnitude": "dense", "recipe-fraction-r8": "recipe-fraction"}
 # the dense network with the widths `compact` gives another method's pruned model
 # at the same seed and level, trained from scratch with the same budget: how much
@@ -114,12 +120,12 @@ ABLATION = [
     "recipe-fraction", "recipe-steps", "recipe-memory", "recipe-fraction-r8",
     "scratch-memory", "recipe-steps-memory", "scratch-steps-memory", "recipe-steps-memory-min12",
     "scratch-steps-memory-min12", "recipe-steps-memory-conv16",
-    "recipe-steps-memory-conv16-regpruned",
+    "recipe-steps-memory-conv16-regpruned", "prune-steps-memory-conv16",
 ]  # fmt: skip
 FLOP_ONLY = {
     "recipe-memory", "scratch-memory", "recipe-steps-memory", "scratch-steps-memory",
     "recipe-steps-memory-min12", "scratch-steps-memory-min12", "recipe-steps-memory-conv16",
-    "recipe-steps-memory-conv16-regpruned",
+    "recipe-steps-memory-conv16-regpruned", "prune-steps-memory-conv16",
 }  # fmt: skip
 HEADLINE = ["gss-fraction", "recipe-gradual", "scratch"]  # ablation run first for every seed
 LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]

@@ -217,7 +217,9 @@ def test_benchmark_plans_the_memory_shape_variants_at_the_flop_level_only():
     assert convs.layers == ("conv1", "conv2") and convs.regularize == "all"
     only = bench.VARIANTS["recipe-steps-memory-conv16-regpruned"]
     assert only.to_dict() == {**convs.to_dict(), "regularize": "pruned"}
-    assert "recipe-steps-memory-conv16-regpruned" in bench.FLOP_ONLY
+    bare = bench.VARIANTS["prune-steps-memory-conv16"]  # the ablation: no regularizer
+    assert bare.to_dict() == {**only.to_dict(), "lasso": 0.0, "proximal": None}
+    assert {"recipe-steps-memory-conv16-regpruned", "prune-steps-memory-conv16"} <= bench.FLOP_ONLY
 
 
 def test_cli_layers_reach_the_recipe_and_its_monitor():
