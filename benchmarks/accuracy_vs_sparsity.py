@@ -101,6 +101,10 @@ VARIANTS["prune-steps-memory-conv16"] = R(
     **{**VARIANTS["recipe-steps-memory-conv16-regpruned"].to_dict(), "lasso": 0.0,
        "proximal": None}
 )  # fmt: skip
+# the same ablation of the recommended recipe (`recipe-steps`) at W90 and F85
+VARIANTS["prune-steps"] = R(
+    **{**VARIANTS["recipe-steps"].to_dict(), "lasso": 0.0, "proximal": None}
+)
 WEIGHTS_OF = {"magnitude": "dense", "recipe-fraction-r8": "recipe-fraction"}
 # the dense network with the widths `compact` gives another method's pruned model
 # at the same seed and level, trained from scratch with the same budget: how much
@@ -120,7 +124,7 @@ ABLATION = [
     "recipe-fraction", "recipe-steps", "recipe-memory", "recipe-fraction-r8",
     "scratch-memory", "recipe-steps-memory", "scratch-steps-memory", "recipe-steps-memory-min12",
     "scratch-steps-memory-min12", "recipe-steps-memory-conv16",
-    "recipe-steps-memory-conv16-regpruned", "prune-steps-memory-conv16",
+    "recipe-steps-memory-conv16-regpruned", "prune-steps-memory-conv16", "prune-steps",
 ]  # fmt: skip
 FLOP_ONLY = {
     "recipe-memory", "scratch-memory", "recipe-steps-memory", "scratch-steps-memory",

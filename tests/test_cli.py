@@ -220,6 +220,8 @@ def test_benchmark_plans_the_memory_shape_variants_at_the_flop_level_only():
     bare = bench.VARIANTS["prune-steps-memory-conv16"]  # the ablation: no regularizer
     assert bare.to_dict() == {**only.to_dict(), "lasso": 0.0, "proximal": None}
     assert {"recipe-steps-memory-conv16-regpruned", "prune-steps-memory-conv16"} <= bench.FLOP_ONLY
+    assert bench.VARIANTS["prune-steps"].to_dict() == {**steps.to_dict(), "lasso": 0.0,
+                                                        "proximal": None}  # fmt: skip
 
 
 def test_cli_layers_reach_the_recipe_and_its_monitor():
