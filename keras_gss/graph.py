@@ -153,7 +153,6 @@ def find_layers(candidates: list, layers, kind: str, owner: str) -> list:
 
 def restrict(infos: list[LayerInfo], layers) -> list[LayerInfo]:
     """Mark every layer not named in `layers` as excluded (measured, never pruned)."""
-    layers = check_layers(layers)
     if layers is None:
         return infos
     found = find_layers([info.layer for info in infos], layers, "prunable layer", "this model")
