@@ -8,10 +8,11 @@ Example:
 >>> model = gss.attach(model)  # GuidedStructuredSparsity on every hidden layer
 """
 
-from keras_gss import datasets, experiment, graph, groups, models, pruning
+from keras_gss import datasets, dependency, experiment, graph, groups, models, pruning
 from keras_gss.attach import attach, detach
 from keras_gss.compact import compact, register_compaction
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
+from keras_gss.dependency import register_handler
 from keras_gss.groups import GroupSpec, register_layer
 from keras_gss.monitor import SparsityMonitor
 from keras_gss.pruning import prune
@@ -41,6 +42,7 @@ __all__ = [
     "attach",
     "compact",
     "datasets",
+    "dependency",
     "detach",
     "experiment",
     "graph",
@@ -50,6 +52,7 @@ __all__ = [
     "prune",
     "pruning",
     "register_compaction",
+    "register_handler",
     "register_layer",
     "sparsity_report",
 ]

@@ -6,11 +6,17 @@ import warnings
 from collections.abc import Iterable
 
 import keras
+import numpy as np
 
 from keras_gss import graph, groups
 from keras_gss._validate import non_negative
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
-from keras_gss.regularizers import ActivityAttention, GuidedStructuredSparsity, _GroupRegularizer
+from keras_gss.regularizers import (
+    ActivityAttention,
+    CoupledRegularizer,
+    GuidedStructuredSparsity,
+    _GroupRegularizer,
+)
 
 
 def _resolve_layers(model: keras.Model, layers, skip_output: bool) -> list[keras.layers.Layer]:
@@ -83,6 +89,7 @@ def attach(
     layers: Iterable[str | keras.layers.Layer] | None = None,
     skip_output: bool = True,
     proximal: float | None = None,
+    coupled: bool = False,
 ) -> keras.Model:
     """Attach regularizers to the prunable layers of a built model, in place.
 
@@ -104,6 +111,12 @@ def attach(
             (default True).
         proximal: if set, also a `ProximalGroupLasso(proximal)` constraint on each
             chosen kernel: exact zeros during training (default None).
+        coupled: regularize coupled groups (`keras_gss.dependency`) as wholes:
+            where kernels of several chosen layers write the same channels (every
+            convolution adding into a residual stream, a squeeze-excite expansion),
+            one `CoupledRegularizer` takes the norm of each channel over all of
+            them (default False: each kernel on its own). Not saved with the
+            model; the proximal step stays per kernel.
 
     The default regularizer is the paper's. What won our benchmark (README,
     "Benchmark: accuracy vs sparsity") is a weaker plain group lasso with a
@@ -168,8 +181,47 @@ def attach(
             layer.activity_regularizer = activity_regularizer
         if proximal is not None:
             _set_proximal(layer, spec, weight, ProximalGroupLasso(proximal, spec.axis))
+    if coupled:
+        _couple(model, chosen, regularizer)
     reset_traced_functions(model)
     return model
+
+
+def _couple(model: keras.Model, chosen: list, regularizer) -> None:
+    """Replace the per-kernel regularizers of each family of coupled chosen layers
+    by one `CoupledRegularizer` on the family's first kernel."""
+    if not hasattr(regularizer, "from_squared_norms"):
+        raise TypeError(
+            "`coupled=True` needs a GroupLasso, GroupVariance or GuidedStructuredSparsity "
+            f"regularizer. Received: regularizer={regularizer!r}"
+        )
+    infos = graph.describe(model)
+    units = graph.Units(infos)
+    chosen_ids = {id(layer) for layer in chosen}
+    families: dict[int, set] = {}  # layer index -> the families it belongs to
+    for f, members in zip(units.family, units.members):
+        for i, _ in members:
+            families.setdefault(i, set()).add(int(f))
+    for f in range(units.families):
+        in_family = np.flatnonzero(units.family == f)
+        layers = [i for i, _ in units.members[in_family[0]]]
+        if len(layers) < 2 or any(
+            id(infos[i].layer) not in chosen_ids or families[i] != {f} for i in layers
+        ):
+            continue  # one layer, or not all chosen, or tied to another family: per kernel
+        local = {int(u): k for k, u in enumerate(in_family)}
+        members = []
+        for i in layers:
+            unit = np.zeros(infos[i].groups, dtype=np.int32)
+            for u in in_family:
+                for k, js in units.members[u]:
+                    if k == i:
+                        unit[js] = local[int(u)]
+            weight = groups.layer_weight(infos[i].layer, infos[i].spec)
+            members.append((weight, infos[i].spec.axis, unit))
+            weight.regularizer = None
+            setattr(infos[i].layer, infos[i].spec.regularizer_attr, None)
+        members[0][0].regularizer = CoupledRegularizer(regularizer, members, len(in_family))
 
 
 def _set_proximal(layer, spec: groups.GroupSpec, weight, proximal) -> None:
@@ -198,7 +250,7 @@ def detach(model: keras.Model) -> keras.Model:
     for layer in groups.prunable_layers(model):
         spec = groups.get_spec(layer)
         weight = groups.layer_weight(layer, spec)
-        if isinstance(weight.regularizer, _GroupRegularizer):
+        if isinstance(weight.regularizer, (_GroupRegularizer, CoupledRegularizer)):
             weight.regularizer = None
             setattr(layer, spec.regularizer_attr, None)
         if isinstance(getattr(layer, "activity_regularizer", None), ActivityAttention):

@@ -1,20 +1,20 @@
 """How prunable layers feed each other, and what they cost.
 
-For each prunable layer: its *producer* (the prunable layer whose output
-channels are its input channels, reached back through channel-preserving layers
-such as activations, pooling, dropout, batch normalization and Flatten) and its
-dense cost in FLOPs (2 x multiply-adds of its grouped weight per example). A
-pruned group of a producer removes input channels of its consumers, which is
-what compaction removes and what FLOP counts and cost-aware ranking take into
-account. A path through anything else (Add, Concatenate, an unknown layer) has
-no producer: its input channels are counted as all live.
+For each prunable layer: the coupled group (`keras_gss.dependency`) of each of
+its groups, the coupled groups of its input channels (through activations,
+pooling, batch normalization, Flatten rows, Concatenate offsets, residual
+Adds, ...), whether each group can be removed once zeroed, and its dense cost in
+FLOPs (2 x multiply-adds per example; both halves of a separable convolution).
+A coupled group removes the output slices of every layer that writes it and the
+input slices of every layer that reads it: that is what compaction removes and
+what FLOP counts and cost-aware ranking take into account.
 
 Example:
 
 >>> import keras_gss as gss
 >>> infos = gss.graph.describe(gss.models.lenet())
->>> [(i.layer.name, i.producer) for i in infos][:3]
-[('conv1', None), ('conv2', 0), ('fc1', 1)]
+>>> bool((infos[1].inputs == infos[0].coupled).all())  # conv2 reads conv1's groups
+True
 """
 
 from __future__ import annotations
@@ -23,42 +23,12 @@ import dataclasses
 import math
 
 import keras
+import numpy as np
 
-from keras_gss import groups
-
-_CHANNEL_PRESERVING: tuple[type, ...] = ()
-
-
-def register_channel_preserving(*layer_classes: type) -> None:
-    """Declare layer types whose output channel c depends only on input channel c."""
-    global _CHANNEL_PRESERVING
-    _CHANNEL_PRESERVING = _CHANNEL_PRESERVING + tuple(layer_classes)
+from keras_gss import dependency, groups
 
 
-# the built-in layers whose output channel c depends only on input channel c
-BUILTIN_CHANNEL_PRESERVING = (
-    "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Dropout",
-    "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-    "GaussianDropout", "AlphaDropout", "BatchNormalization", "Flatten", "Identity",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
-    "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-    "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-    "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D",
-    "UpSampling3D",
-)  # fmt: skip
-
-
-def _builtin_channel_preserving() -> None:
-    L = keras.layers
-    names = BUILTIN_CHANNEL_PRESERVING
-    register_channel_preserving(*(getattr(L, n) for n in names if hasattr(L, n)))
-
-
-_builtin_channel_preserving()
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class LayerInfo:
     """One prunable layer: its groups, graph position and dense cost."""
 
@@ -67,11 +37,15 @@ class LayerInfo:
     groups: int
     group_size: int
     is_output: bool
-    producer: int | None  # index into the describe() list
     dense_flops: float
     frozen: bool = False  # trainable=False: measured, never pruned
     activations: int = 1  # values one group writes per example (its output positions)
     excluded: bool = False  # outside the `layers` a pruner was given: measured, never pruned
+    coupled: np.ndarray | None = None  # the coupled group of each of its groups
+    inputs: np.ndarray | None = None  # the coupled group of each input channel it reads
+    removable: np.ndarray | None = None  # per group: can be removed once zeroed
+    input_flops: float = 0.0  # part of dense_flops that scales with live inputs only
+    dependency: dependency.Dependency | None = None
 
     @property
     def weights(self) -> int:
@@ -82,39 +56,13 @@ class LayerInfo:
         """Never pruned: the model's output units, a frozen or an excluded layer."""
         return self.is_output or self.frozen or self.excluded
 
+    def out_fraction(self, dead: np.ndarray) -> float:
+        """Share of its groups live when the coupled groups `dead` are removed."""
+        return float(np.mean(~dead[self.coupled]))
 
-def _node_tensors(layer):
-    nodes = getattr(layer, "_inbound_nodes", None) or []
-    if len(nodes) != 1:  # unused, or shared: no single well-defined position
-        return None, None
-    node = nodes[0]
-    return keras.tree.flatten(node.input_tensors), keras.tree.flatten(node.output_tensors)
-
-
-def _positions(layer, spec: groups.GroupSpec | None = None) -> int:
-    """Spatial positions of the output (of the input for a transposed conv's
-    FLOPs, whose grouped kernel meets every input position once)."""
-    inputs, outputs = _node_tensors(layer)
-    if not outputs:
-        return 1
-    transpose = spec is not None and spec.axis == (-2,)
-    shape = (inputs[0] if transpose else outputs[0]).shape
-    return int(math.prod(d or 1 for d in shape[1:-1]))
-
-
-def _producer(layer, index_of: dict[int, int]) -> int | None:
-    inputs, _ = _node_tensors(layer)
-    while inputs is not None and len(inputs) == 1:
-        history = getattr(inputs[0], "_keras_history", None)
-        if history is None:
-            return None
-        op = history[0]
-        if id(op) in index_of:
-            return index_of[id(op)]
-        if not isinstance(op, _CHANNEL_PRESERVING):
-            return None
-        inputs, _ = _node_tensors(op)
-    return None
+    def in_fraction(self, dead: np.ndarray) -> float:
+        """Share of its input channels live when the coupled groups `dead` are removed."""
+        return 1.0 if self.inputs is None else float(np.mean(~dead[self.inputs]))
 
 
 def check_layers(layers) -> tuple | None:
@@ -162,61 +110,147 @@ def restrict(infos: list[LayerInfo], layers) -> list[LayerInfo]:
     return infos
 
 
+def _positions(shape) -> int:
+    return int(math.prod(d or 1 for d in shape[1:-1]))
+
+
 def describe(model: keras.Model) -> list[LayerInfo]:
-    """A `LayerInfo` for each prunable layer of `model`, in model order."""
+    """A `LayerInfo` for each prunable layer of `model`, in model order.
+
+    Coupled groups are numbered once for the whole model (`dead` arrays passed to
+    `live_flops` and the like are indexed by them). A subclassed model has no
+    graph: each group is then its own coupled group and inputs are not followed.
+    """
     layers = groups.prunable_layers(model)
     outputs = {id(layer) for layer in groups.output_layers(model)}
-    index_of = {id(layer): i for i, layer in enumerate(layers)}
+    try:
+        dep = dependency.analyze(model)
+        could_remove = dep.removable(zeroed=True)
+    except TypeError:  # subclassed: no graph
+        dep = None
+    size = 0 if dep is None else len(dep.parent)
     infos = []
     for layer in layers:
         spec = groups.get_spec(layer)
         shape = tuple(groups.layer_weight(layer, spec).shape)
-        count, size = groups.group_shape(shape, spec.axis)
-        infos.append(
-            LayerInfo(
-                layer=layer,
-                spec=spec,
-                groups=count,
-                group_size=size,
-                is_output=id(layer) in outputs,
-                producer=_producer(layer, index_of),
-                dense_flops=2.0 * math.prod(shape) * _positions(layer, spec),
-                frozen=not layer.trainable,
-                activations=_positions(layer),
-            )
+        count, group_size = groups.group_shape(shape, spec.axis)
+        calls = [] if dep is None else dep.calls_of(layer)
+        info = LayerInfo(
+            layer=layer,
+            spec=spec,
+            groups=count,
+            group_size=group_size,
+            is_output=id(layer) in outputs,
+            dense_flops=2.0 * math.prod(shape),
+            frozen=not layer.trainable,
+            dependency=dep,
         )
-    for info in infos:  # the consumer's inputs must be whole copies of the producer's channels
-        inputs, _ = _node_tensors(info.layer)
-        if info.producer is not None:
-            channels = inputs[0].shape[-1]
-            if not channels or channels % infos[info.producer].groups:
-                info.producer = None
+        if calls and len(calls[0].outs[0].ids) == count:
+            out = calls[0].outs[0]
+            info.coupled = dep.root[out.ids]
+            info.removable = could_remove[out.ids]
+            info.activations = _positions(out.shape[: out.axis] + out.shape[out.axis + 1 :] + (1,))
+            if isinstance(calls[0].handler, dependency.Producer) and calls[0].ins:
+                info.inputs = dep.root[calls[0].ins[0].ids]
+            info.dense_flops = sum(c.handler.flops(c, 1.0, 1.0) for c in calls)
+            info.input_flops = sum(c.handler.flops(c, 1.0, 0.0) for c in calls)
+        else:  # no graph, or a layer type whose groups are not its output channels
+            info.coupled = np.arange(size, size + count)
+            info.removable = np.full(count, dep is None)
+            size += count
+        infos.append(info)
     return infos
 
 
-def _live_total(infos: list[LayerInfo], live: list[int], dense: list[float]) -> float:
-    total = 0.0
-    for info, n_live, cost in zip(infos, live, dense):
-        fraction = n_live / info.groups
-        if info.producer is not None:
-            fraction *= live[info.producer] / infos[info.producer].groups
-        total += cost * fraction
-    return total
+class Units:
+    """The coupled groups that the prunable layers' groups form: each *unit* is
+    pruned whole (every member group of every layer at once).
+
+    `members[u]` lists `(layer index, group indices)`; a unit's *family* is the
+    set of layers it spans (one layer in a chain, every layer writing into a
+    residual stream in a ResNet): floors and `round_to` apply per family.
+    """
+
+    def __init__(self, infos: list[LayerInfo]):
+        by_root: dict[int, list[tuple[int, int]]] = {}
+        for i, info in enumerate(infos):
+            for j, root in enumerate(info.coupled.tolist()):
+                by_root.setdefault(root, []).append((i, j))
+        self.root = np.array(list(by_root), dtype=np.int64)
+        self.members = []
+        for slots in by_root.values():
+            per_layer: dict[int, list[int]] = {}
+            for i, j in slots:
+                per_layer.setdefault(i, []).append(j)
+            self.members.append([(i, np.array(js)) for i, js in per_layer.items()])
+        keys = [tuple(i for i, _ in m) for m in self.members]
+        index = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+        self.family = np.array([index[key] for key in keys], dtype=np.int64)
+        self.families = len(index)
+        self.prunable = np.array(
+            [
+                all(not infos[i].protected and infos[i].removable[js].all() for i, js in m)
+                for m in self.members
+            ],
+            dtype=bool,
+        )
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def gather(self, per_layer: list[np.ndarray], reduce=np.sum) -> np.ndarray:
+        """Per unit: `reduce` over the values of its member groups."""
+        return np.array(
+            [reduce(np.concatenate([per_layer[i][js] for i, js in m])) for m in self.members]
+        )
+
+    def scatter(self, values: np.ndarray, infos: list[LayerInfo], fill=0.0) -> list:
+        """Per layer: each group gets its unit's value."""
+        out = [np.full(info.groups, fill, dtype=np.asarray(values).dtype) for info in infos]
+        for value, m in zip(values, self.members):
+            for i, js in m:
+                out[i][js] = value
+        return out
 
 
-def live_flops(infos: list[LayerInfo], live: list[int]) -> float:
-    """FLOPs per example once dead groups and the input channels they fed are removed."""
-    return _live_total(infos, live, [info.dense_flops for info in infos])
+def coupled_size(infos: list[LayerInfo]) -> int:
+    """How many coupled-group ids `infos` use (the length of a `dead` array)."""
+    sizes = [int(info.coupled.max()) + 1 for info in infos if info.coupled.size]
+    if infos and infos[0].dependency is not None:
+        sizes.append(len(infos[0].dependency.parent))
+    return max(sizes, default=0)
 
 
-def flop_ratio(infos: list[LayerInfo], live: list[int]) -> float:
+def dead_groups(infos: list[LayerInfo], masks: list[np.ndarray]) -> np.ndarray:
+    """Coupled groups removed once the layers' groups `masks` (True: live) are: those
+    that can be removed and whose every member is dead."""
+    live = np.zeros(coupled_size(infos), dtype=bool)
+    seen = np.zeros_like(live)
+    for info, mask in zip(infos, masks):
+        np.logical_or.at(live, info.coupled, mask | ~info.removable)
+        seen[info.coupled] = True
+    return seen & ~live
+
+
+def _live_cost(info: LayerInfo, dead: np.ndarray, dense: float, inputs_only: float) -> float:
+    fin = info.in_fraction(dead)
+    return inputs_only * fin + (dense - inputs_only) * fin * info.out_fraction(dead)
+
+
+def live_flops(infos: list[LayerInfo], dead: np.ndarray) -> float:
+    """FLOPs per example once the coupled groups `dead` are removed (their output
+    slices and the input slices they fed)."""
+    return sum(_live_cost(i, dead, i.dense_flops, i.input_flops) for i in infos)
+
+
+def flop_ratio(infos: list[LayerInfo], dead: np.ndarray) -> float:
     """`live_flops` over the dense FLOPs of the same layers: the share left."""
-    return live_flops(infos, live) / max(1.0, sum(info.dense_flops for info in infos))
+    return live_flops(infos, dead) / max(1.0, sum(info.dense_flops for info in infos))
 
 
-def live_weights(infos: list[LayerInfo], live: list[int]) -> float:
-    """Grouped-weight entries left once dead groups and the inputs they fed are removed."""
-    return _live_total(infos, live, [info.weights for info in infos])
+def live_weights(infos: list[LayerInfo], dead: np.ndarray) -> float:
+    """Grouped-weight entries left once the coupled groups `dead` are removed."""
+    return sum(_live_cost(i, dead, i.weights, 0.0) for i in infos)
 
 
 def has_nested(model: keras.Model) -> bool:
@@ -267,6 +301,8 @@ def inline(model: keras.Model) -> keras.Model:
                 args[0] if len(args) == 1 else list(args),
                 lambda o: operation(o, f"{path}/{op.name}"),
             )
+        if not isinstance(op, keras.layers.Layer):
+            return op  # a keras.ops call: no weights, reused as it is
         if id(op) not in copies:
             config = op.get_config()
             if path != model.name:  # a nested layer: a unique name in the flat model

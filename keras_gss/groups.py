@@ -183,6 +183,14 @@ def group_norms(x, axis: Axis = -1, what: str = "group norm"):
     return safe_norm(group_squared_norms(x, axis, what))
 
 
+def group_norms_numpy(x: np.ndarray, axis: Axis = -1) -> np.ndarray:
+    """`group_norms` of a numpy array, in float64 (for analysis outside the graph)."""
+    x = np.asarray(x, dtype=np.float64)
+    group_axes = _positive_axes(as_axis_tuple(axis), x.shape, "group_norms_numpy")
+    other = tuple(a for a in range(x.ndim) if a not in group_axes)
+    return np.sqrt(np.square(x).sum(axis=other)).reshape(-1)
+
+
 def group_shape(shape: Sequence[int], axis: Axis) -> tuple[int, int]:
     """`(number of groups, weights per group)` of a weight of this shape."""
     group_axes = _positive_axes(as_axis_tuple(axis), shape, "group_shape")

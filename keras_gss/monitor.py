@@ -233,8 +233,8 @@ class SparsityMonitor(keras.callbacks.Callback):
         else:
             rows, norms = pruning.measure(self._infos, self.threshold, check_finite=False)
         report = SparsityReport(rows=tuple(rows), threshold=self.threshold)
-        live = [int(n.size - r.zero_groups) for n, r in zip(norms, rows)]
-        flop_ratio = graph.flop_ratio(self._infos, live)
+        masks = [pruning.live_mask(i) & (n > self.threshold) for i, n in zip(self._infos, norms)]
+        flop_ratio = graph.flop_ratio(self._infos, graph.dead_groups(self._infos, masks))
         record = {
             "epoch": int(epoch),
             "sparsity": report.sparsity,

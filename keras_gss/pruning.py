@@ -77,25 +77,28 @@ def measure(infos: list[graph.LayerInfo], threshold: float, check_finite: bool =
     return rows, norms
 
 
-def group_scores(
-    infos: list[graph.LayerInfo], norms: list[np.ndarray], live: list[int], ranking: str
-) -> list[np.ndarray]:
-    """Score of every group (lower is pruned first), one array per layer."""
-    scores = []
+def unit_scores(
+    infos: list[graph.LayerInfo], units: graph.Units, norms: list[np.ndarray], dead, ranking: str
+) -> np.ndarray:
+    """Score of every unit (lower is pruned first).
+
+    A unit's norm is the L2 norm over the kernel slices of all its member groups
+    (the producers of a residual stream, a depthwise channel); its rms divides that
+    by the square root of their total size; costs sum over the members.
+    """
+    norm = np.sqrt(units.gather([n**2 for n in norms]))
+    if ranking == "norm":
+        return norm
+    size = units.gather([np.full(info.groups, float(info.group_size)) for info in infos])
+    rms = norm / np.sqrt(size)
+    if ranking == "rms":
+        return rms
     total_w = sum(info.weights for info in infos)
     total_f = sum(info.dense_flops for info in infos) or 1.0
     total_a = sum(info.groups * info.activations for info in infos) or 1.0
-    for info, layer_norms in zip(infos, norms):
-        if ranking == "norm":
-            scores.append(layer_norms)
-            continue
-        rms = layer_norms / math.sqrt(info.group_size)
-        if ranking == "rms":
-            scores.append(rms)
-            continue
-        in_frac = 1.0
-        if info.producer is not None:
-            in_frac = live[info.producer] / infos[info.producer].groups
+    costs = []
+    for info in infos:
+        in_frac = info.in_fraction(dead)
         # The layer's own share only: charging a group for its consumers' input
         # slices too makes first layers look the most expensive and strips them.
         cost = info.dense_flops / info.groups * in_frac / total_f
@@ -103,10 +106,64 @@ def group_scores(
             cost += info.group_size * in_frac / total_w
         if ranking == "memory":
             cost += info.activations / total_a
-            alive = rms[layer_norms > 0]
-            rms = rms / (float(np.median(alive)) if alive.size else 1.0)
-        scores.append(rms / max(cost, 1e-30))
-    return scores
+        costs.append(np.full(info.groups, cost))
+    cost = units.gather(costs)
+    if ranking == "memory":  # rms relative to the median of its family's live units
+        for f in range(units.families):
+            members = units.family == f
+            alive = rms[members & (norm > 0)]
+            rms[members] = rms[members] / (float(np.median(alive)) if alive.size else 1.0)
+    return rms / np.maximum(cost, 1e-30)
+
+
+def group_scores(
+    infos: list[graph.LayerInfo], norms: list[np.ndarray], dead, ranking: str
+) -> list[np.ndarray]:
+    """Score of every group (its unit's score; lower is pruned first), one array per layer."""
+    units = graph.Units(infos)
+    return units.scatter(unit_scores(infos, units, norms, dead, ranking), infos)
+
+
+class _Budget:
+    """Live counts, FLOPs and zero weights as units die, updated incrementally."""
+
+    def __init__(self, infos, dead_roots: np.ndarray):
+        self.infos, self.dead = infos, dead_roots.copy()
+        self.out_of: dict[int, list[int]] = {}
+        self.in_of: dict[int, list[int]] = {}
+        for i, info in enumerate(infos):
+            for root in info.coupled.tolist():
+                self.out_of.setdefault(root, []).append(i)
+            for root in [] if info.inputs is None else info.inputs.tolist():
+                self.in_of.setdefault(root, []).append(i)
+        self.out_live = [int((~dead_roots[i.coupled]).sum()) for i in infos]
+        self.in_live = [
+            None if i.inputs is None else int((~dead_roots[i.inputs]).sum()) for i in infos
+        ]
+        self.cost = [self._cost(k) for k in range(len(infos))]
+        self.flops = sum(self.cost)
+
+    def _cost(self, k: int) -> float:
+        info = self.infos[k]
+        fin = 1.0 if info.inputs is None else self.in_live[k] / info.inputs.size
+        fout = self.out_live[k] / info.groups
+        return info.input_flops * fin + (info.dense_flops - info.input_flops) * fin * fout
+
+    def kill(self, root: int) -> None:
+        if self.dead[root]:
+            return
+        self.dead[root] = True
+        touched = set()
+        for k in self.out_of.get(root, []):
+            self.out_live[k] -= 1
+            touched.add(k)
+        for k in self.in_of.get(root, []):
+            self.in_live[k] -= 1
+            touched.add(k)
+        for k in touched:
+            new = self._cost(k)
+            self.flops += new - self.cost[k]
+            self.cost[k] = new
 
 
 def select(
@@ -123,73 +180,113 @@ def select(
 ) -> list[np.ndarray]:
     """Boolean arrays of live groups to prune now, one per layer.
 
-    A live group is pruned when its norm is at or below `threshold` (or below
-    `relative_threshold` times the largest group norm of its layer); then, if
-    `target` is set, the lowest-scored live groups until the target is met. Output
-    layers are never pruned and every layer keeps `min_live_groups` live groups.
-    With `round_to` r > 1 every layer with dead groups then also loses its weakest
-    `live % r` groups (unless that would leave fewer than `min_live_groups`), and the target
-    prunes r groups at a time, each block ranked by its strongest member: every
-    live count stays a multiple of r (or the layer's untouched full width).
+    Groups are pruned by unit (`Units`: the coupled groups; in a chain of layers,
+    one group each). A live unit is pruned when its norm is at or below
+    `threshold` (or below `relative_threshold` times the largest unit norm of its
+    family); then, if `target` is set, the lowest-scored live units until the
+    target is met. Units that cannot be removed (pinned by the model's outputs or
+    inputs, an unknown layer, a frozen or excluded member) are never pruned, and
+    every layer keeps `min_live_groups` live groups. With `round_to` r > 1 every
+    family with dead units then also loses its weakest `live % r` units (unless
+    that would leave fewer than `min_live_groups`), and the target prunes r units
+    at a time, each block ranked by its strongest member: every live count stays a
+    multiple of r (or the family's untouched full width).
     """
     masks = [live_mask(info) for info in infos]
-    dead = []
-    for info, layer_norms, mask in zip(infos, norms, masks):
-        new = mask & (layer_norms <= threshold)
-        if relative_threshold is not None and layer_norms.size:
-            new |= mask & (layer_norms <= relative_threshold * layer_norms.max())
-        if info.protected:
-            new[:] = False
-        else:
-            keep = min(min_live_groups, int(mask.sum()))
-            alive_after = np.flatnonzero(mask & ~new)
-            if alive_after.size < keep:  # spare the strongest of the doomed groups
-                doomed = np.flatnonzero(new)
-                strongest = doomed[np.argsort(layer_norms[doomed])[::-1]]
-                new[strongest[: keep - alive_after.size]] = False
-        dead.append(new)
+    units = graph.Units(infos)
+    unit_norm = np.sqrt(units.gather([n**2 for n in norms]))
+    alive = units.gather(masks, np.any) & units.prunable
+    live = [int(m.sum()) for m in masks]
+    doomed = alive & (unit_norm <= threshold)
+    if relative_threshold is not None:
+        for f in range(units.families):
+            members = units.family == f
+            if members.any():
+                top = unit_norm[members].max()
+                doomed |= members & alive & (unit_norm <= relative_threshold * top)
+    slots = [{i: len(js) for i, js in m} for m in units.members]
+
+    def after(chosen: np.ndarray) -> list[int]:
+        counts = list(live)
+        for u in np.flatnonzero(chosen):
+            for i, n in slots[u].items():
+                counts[i] -= n
+        return counts
+
+    counts = after(doomed)
+    for i in range(len(infos)):  # spare the strongest doomed groups of a layer under its floor
+        keep = min(min_live_groups, live[i])
+        if counts[i] >= keep:
+            continue
+        mine = [u for u in np.flatnonzero(doomed) if i in slots[u]]
+        for u in sorted(mine, key=lambda u: -unit_norm[u]):
+            if counts[i] >= keep:
+                break
+            doomed[u] = False
+            for k, n in slots[u].items():
+                counts[k] += n
     if round_to > 1:  # the remainder first: zeroed groups may have left any count
-        for info, layer_norms, mask, new in zip(infos, norms, masks, dead):
-            alive = np.flatnonzero(mask & ~new)
-            extra = alive.size % round_to
-            pruned = alive.size < info.groups  # a full width stays as it is
-            if not info.protected and pruned and extra and alive.size - extra >= min_live_groups:
-                new[alive[np.argsort(layer_norms[alive], kind="stable")[:extra]]] = True
-    if target is None:
-        return dead
-    live = [int((m & ~d).sum()) for m, d in zip(masks, dead)]
+        for f in range(units.families):
+            members = units.family == f
+            rest = np.flatnonzero(members & alive & ~doomed)
+            extra = rest.size % round_to
+            pruned = rest.size < members.sum()  # a full width stays as it is
+            if pruned and extra and rest.size - extra >= min_live_groups:
+                weakest = rest[np.argsort(unit_norm[rest], kind="stable")[:extra]]
+                if all(units.prunable[weakest]):
+                    doomed[weakest] = True
+    counts = after(doomed)
+    dead_units = doomed.copy()
+    if target is not None:
+        _target(infos, units, rows, norms, masks, dead_units, counts, target, metric, ranking,
+                min_live_groups, round_to, alive)  # fmt: skip
+    slots_dead = units.scatter(dead_units, infos, fill=False)
+    return [d & m for d, m in zip(slots_dead, masks)]
+
+
+def _target(infos, units, rows, norms, masks, dead_units, counts, target, metric, ranking,
+            min_live_groups, round_to, alive) -> None:  # fmt: skip
+    """Add the lowest-scored live units to `dead_units` until `target` is met."""
+    slot_masks = units.scatter(dead_units, infos, fill=False)
+    dead_roots = graph.dead_groups(infos, [m & ~d for m, d in zip(masks, slot_masks)])
+    budget = _Budget(infos, dead_roots)
     total_w = sum(row.weights for row in rows)
     dense_f = sum(info.dense_flops for info in infos)
     nonzero = [groups.layer_group_nonzeros(info.layer) for info in infos]
-    zero_w = sum(row.zero_weights for row in rows)
-    zero_w += sum(int(n[d].sum()) for n, d in zip(nonzero, dead))
+    unit_nonzero = units.gather([n * m for n, m in zip(nonzero, masks)])
+    zero_w = sum(row.zero_weights for row in rows) + int(unit_nonzero[dead_units].sum())
 
     def reached() -> bool:
         if metric == "flops":
-            return graph.live_flops(infos, live) <= (1.0 - target) * dense_f * (1 + 1e-9)
+            return budget.flops <= (1.0 - target) * dense_f * (1 + 1e-9)
         return zero_w >= math.ceil(target * total_w)
 
     if reached():
-        return dead
+        return
     if ranking == "auto":
         ranking = "hybrid" if metric == "flops" else "rms"
-    scores = group_scores(infos, norms, live, ranking)
+    scores = unit_scores(infos, units, norms, budget.dead, ranking)
     candidates = []
-    for i, (info, score) in enumerate(zip(infos, scores)):
-        if not info.protected:
-            alive = np.flatnonzero(masks[i] & ~dead[i])
-            for block in _blocks(alive[np.argsort(score[alive], kind="stable")], round_to):
-                candidates.append((float(score[block].max()), i, block))
-    candidates.sort(key=lambda c: c[:2])  # stable: a layer's blocks keep their order
-    for _, i, block in candidates:
+    for f in range(units.families):
+        rest = np.flatnonzero((units.family == f) & alive & ~dead_units)
+        for block in _blocks(rest[np.argsort(scores[rest], kind="stable")], round_to):
+            candidates.append((float(scores[block].max()), f, block))
+    candidates.sort(key=lambda c: c[:2])  # stable: a family's blocks keep their order
+    for _, _, block in candidates:
         if reached():
             break
-        if live[i] - block.size < min_live_groups:
+        lost: dict[int, int] = {}
+        for u in block:
+            for i, js in units.members[u]:
+                lost[i] = lost.get(i, 0) + len(js)
+        if any(counts[i] - n < min_live_groups for i, n in lost.items()):
             continue
-        dead[i][block] = True
-        live[i] -= block.size
-        zero_w += int(nonzero[i][block].sum())
-    return dead
+        for i, n in lost.items():
+            counts[i] -= n
+        dead_units[block] = True
+        zero_w += int(unit_nonzero[block].sum())
+        for u in block:
+            budget.kill(int(units.root[u]))
 
 
 def _blocks(order: np.ndarray, round_to: int) -> list[np.ndarray]:
@@ -202,27 +299,60 @@ def _blocks(order: np.ndarray, round_to: int) -> list[np.ndarray]:
 
 
 def apply(model: keras.Model, infos: list[graph.LayerInfo], dead: list[np.ndarray], freeze: bool):
-    """Zero the chosen groups (kernel slices and biases); with `freeze`, mask them.
+    """Zero the chosen groups (kernel slices and biases) and, for every coupled group
+    now wholly dead, the BatchNormalization scale and shift of its channels, so the
+    channel is exactly zero; with `freeze`, mask them.
 
     Traced train functions are reset where a new constraint (or, on JAX, a new
     mask value) must be seen by the next step.
     """
     retrace = False
+    masks = []
     for info, new in zip(infos, dead):
+        live = live_mask(info) & ~new
+        masks.append(live)
         if not new.any():
             continue
-        live = live_mask(info) & ~new
         for variable, axis, attr in _grouped_variables(info):
-            mask = groups.broadcast_mask(
-                ops.convert_to_tensor(live.astype("float32")), tuple(variable.shape), axis
-            )
-            variable.assign(variable.value * ops.cast(mask, variable.dtype))
+            _zero(variable, live, axis)
             if freeze:
                 retrace |= _install_mask(info.layer, variable, live, axis, attr)
         retrace |= freeze and keras.backend.backend() == "jax"  # jit bakes mask values in
+    for layer, variable, live, attr in _follower_variables(infos, masks):
+        if live.all() and not isinstance(variable.constraint, GroupMask):
+            continue
+        _zero(variable, live, (-1,))
+        if freeze:
+            retrace |= _install_mask(layer, variable, live, (-1,), attr)
     if retrace:
         reset_traced_functions(model)
     return retrace
+
+
+def _zero(variable, live: np.ndarray, axis) -> None:
+    mask = groups.broadcast_mask(
+        ops.convert_to_tensor(live.astype("float32")), tuple(variable.shape), axis
+    )
+    variable.assign(variable.value * ops.cast(mask, variable.dtype))
+
+
+def _follower_variables(infos: list[graph.LayerInfo], masks: list[np.ndarray]) -> list[tuple]:
+    """(layer, variable, live channels, constraint attribute) of the per-channel scale
+    and shift of BatchNormalization layers, live where their coupled group is."""
+    dep = infos[0].dependency if infos else None
+    if dep is None:
+        return []
+    dead = graph.dead_groups(infos, masks)
+    found = []
+    for layer, chan in dep.followers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        live = ~dead[dep.root[chan.ids]]
+        for name in ("gamma", "beta"):
+            variable = getattr(layer, name, None)
+            if variable is not None:
+                found.append((layer, variable, live, f"{name}_constraint"))
+    return found
 
 
 def _grouped_variables(info: graph.LayerInfo) -> list[tuple]:
@@ -240,12 +370,15 @@ def install_masks(model: keras.Model, infos: list[graph.LayerInfo]) -> bool:
     so that later pruning only updates mask values and never needs a retrace on
     TensorFlow and PyTorch. True when one was newly installed (retrace once now)."""
     installed = False
-    for info in infos:
+    masks = [live_mask(info) for info in infos]
+    for info, live in zip(infos, masks):
         if info.protected:
             continue
-        live = live_mask(info)
         for variable, axis, attr in _grouped_variables(info):
             installed |= _install_mask(info.layer, variable, live, axis, attr)
+    for layer, variable, live, attr in _follower_variables(infos, masks):
+        if layer.trainable:
+            installed |= _install_mask(layer, variable, live, (-1,), attr)
     if installed:
         reset_traced_functions(model)
     return installed
@@ -329,8 +462,10 @@ def prune(
     if target is not None:
         reached = report.sparsity
         if metric == "flops":
-            live = [row.groups - row.zero_groups for row in rows]
-            reached = 1.0 - graph.flop_ratio(infos, live)
+            masks = [
+                live_mask(info) & (n > 0) for info, n in zip(infos, measure(infos, 0.0, False)[1])
+            ]
+            reached = 1.0 - graph.flop_ratio(infos, graph.dead_groups(infos, masks))
         if reached < target - 1e-9:
             warnings.warn(
                 f"prune: target_sparsity={target} ({metric}) was not reached: {reached:.4f}. "

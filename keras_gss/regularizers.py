@@ -10,6 +10,7 @@ finite (value and gradient) when a group is exactly zero.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_gss import groups
@@ -96,7 +97,11 @@ class GroupLasso(_GroupRegularizer):
         super().__init__(group_axis)
 
     def __call__(self, x):
-        return _lasso(self._squared_norms(x), self.strength)
+        return self.from_squared_norms(self._squared_norms(x))
+
+    def from_squared_norms(self, squared):
+        """The loss given the squared norms of the groups, shape (groups,)."""
+        return _lasso(squared, self.strength)
 
     def get_config(self) -> dict:
         return {"strength": self.strength, **super().get_config()}
@@ -128,7 +133,11 @@ class GroupVariance(_GroupRegularizer):
         super().__init__(group_axis)
 
     def __call__(self, x):
-        return _inverse_variance(self._squared_norms(x), self.strength, self.epsilon)
+        return self.from_squared_norms(self._squared_norms(x))
+
+    def from_squared_norms(self, squared):
+        """The loss given the squared norms of the groups, shape (groups,)."""
+        return _inverse_variance(squared, self.strength, self.epsilon)
 
     def get_config(self) -> dict:
         return {"strength": self.strength, "epsilon": self.epsilon, **super().get_config()}
@@ -185,7 +194,10 @@ class GuidedStructuredSparsity(_GroupRegularizer):
         super().__init__(group_axis)
 
     def __call__(self, x):
-        squared = self._squared_norms(x)
+        return self.from_squared_norms(self._squared_norms(x))
+
+    def from_squared_norms(self, squared):
+        """The loss given the squared norms of the groups, shape (groups,)."""
         loss = _lasso(squared, self.lasso)
         if self.variance:
             loss = loss + attention_term(
@@ -238,3 +250,48 @@ class ActivityAttention(keras.regularizers.Regularizer):
 
     def get_config(self) -> dict:
         return {"strength": self.strength, "epsilon": self.epsilon}
+
+
+class CoupledRegularizer(keras.regularizers.Regularizer):
+    """A group regularizer over coupled groups that span several layers.
+
+    A coupled group (`keras_gss.dependency`) is one channel written by several
+    kernels, e.g. every convolution that adds into one residual stream; its norm
+    is ``sqrt(sum over member kernels of ||W_k[..., c]||^2)`` and `regularizer`'s
+    loss is computed from those norms, once per family of coupled layers.
+    `attach(..., coupled=True)` puts one on the first kernel of each family (Keras
+    calls a regularizer with its own variable only: this one reads the other
+    members' variables too). It is not saved with the model: attach again after
+    loading.
+
+    Args:
+        regularizer: a `GroupLasso`, `GroupVariance` or `GuidedStructuredSparsity`
+            whose strengths are used.
+        members: `(variable, group axis, unit of each group)` per member kernel:
+            group g of that kernel belongs to coupled group `unit[g]`.
+        units: the number of coupled groups.
+    """
+
+    def __init__(self, regularizer: _GroupRegularizer, members: list, units: int):
+        self.regularizer = regularizer
+        self.members = [(v, groups.as_axis_tuple(a), np.asarray(u, "int32")) for v, a, u in members]
+        self.units = int(units)
+
+    def squared_norms(self, first=None):
+        """Squared norm of every coupled group (`first`: the first member's value)."""
+        total = None
+        for k, (variable, axis, unit) in enumerate(self.members):
+            value = first if k == 0 and first is not None else variable.value
+            squared = groups.group_squared_norms(value, axis, "CoupledRegularizer")
+            part = ops.segment_sum(squared, ops.convert_to_tensor(unit), num_segments=self.units)
+            total = part if total is None else total + part
+        return total
+
+    def __call__(self, x):
+        return self.regularizer.from_squared_norms(self.squared_norms(x))
+
+    def get_config(self) -> dict:
+        raise NotImplementedError(
+            "CoupledRegularizer holds references to variables and is not saved; "
+            "attach(model, ..., coupled=True) again after loading."
+        )

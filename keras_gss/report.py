@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gss import compact as compaction
 from keras_gss import graph, groups
 from keras_gss._validate import non_negative
 
@@ -206,11 +207,14 @@ class ModelStats:
 def model_stats(model: keras.Model, threshold: float = 0.0) -> ModelStats:
     """Count parameters and FLOPs, dense and live.
 
-    FLOPs are 2 x the multiply-adds of each prunable layer's grouped weight per
-    example (bias, activations and pooling left out). Live counts drop every group
-    whose norm is at or below `threshold` (default 0: exactly zero), its bias, and
-    the input slices it fed in consumer layers: what `compact` removes from chains
-    of layers (through Add or Concatenate `compact` may have to keep more).
+    FLOPs are 2 x the multiply-adds of each prunable layer's kernel per example
+    (both halves of a separable convolution; bias, activations and pooling left
+    out). Live counts are what `compact` removes: the coupled groups
+    (`keras_gss.dependency`) whose kernel slices are at or below `threshold`
+    (default 0: exactly zero) and whose removal keeps the model's function, with
+    every weight they own (biases, BatchNormalization, input slices of readers).
+    A group zeroed in one layer but coupled to live channels (a residual stream)
+    counts as live, because it is.
 
     Example:
 
@@ -219,22 +223,33 @@ def model_stats(model: keras.Model, threshold: float = 0.0) -> ModelStats:
     89480192.0
     """
     threshold = non_negative("threshold", threshold)
-    if graph.has_nested(model):
-        try:  # producers and consumers across nested models' boundaries
-            model = graph.inline(model)
-        except TypeError:  # a nested subclassed model: counted layer by layer
-            pass
     infos = graph.describe(model)
-    live = [int(np.sum(groups.layer_group_norms(i.layer) > threshold)) for i in infos]
     params = int(model.count_params())
-    removed = sum(i.weights for i in infos) - graph.live_weights(infos, live)
-    for info, n_live in zip(infos, live):
-        bias = getattr(info.layer, info.spec.bias, None) if info.spec.bias else None
-        if bias is not None:
-            removed += info.groups - n_live
+    try:
+        plan = compaction.plan(model, threshold)
+    except TypeError:  # subclassed: counted layer by layer, groups with exact zeros
+        dead = np.zeros(graph.coupled_size(infos), dtype=bool)
+        for info in infos:
+            dead[info.coupled] = groups.layer_group_norms(info.layer) <= threshold
+        live_params = params - sum(i.weights for i in infos) + graph.live_weights(infos, dead)
+        return ModelStats(
+            params, int(round(live_params)), _flops(infos), graph.live_flops(infos, dead)
+        )
+    dead = np.zeros(max(graph.coupled_size(infos), plan.remove.size), dtype=bool)
+    dead[: plan.remove.size] = plan.remove
+    live_params = 0
+    for layer in groups.iter_layers(model):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        weights = compaction.sliced_weights(layer, plan.slices.get(id(layer)))
+        live_params += sum(int(w.size) for w in weights.values())
     return ModelStats(
         params=params,
-        live_params=int(round(params - removed)),
-        flops=float(sum(i.dense_flops for i in infos)),
-        live_flops=float(graph.live_flops(infos, live)),
+        live_params=int(live_params),
+        flops=_flops(infos),
+        live_flops=float(graph.live_flops(infos, dead)),
     )
+
+
+def _flops(infos) -> float:
+    return float(sum(i.dense_flops for i in infos))

@@ -189,10 +189,13 @@ def test_depthwise_and_separable_are_sliced():
     kill(model.get_layer("dw"), [3, 4])  # 3: dead in both; 4: only in the depthwise
     kill(model.get_layer("sep"), [1, 2])
     small = gss.compact(model)
-    assert small.get_layer("c").filters == 5  # 0 dead in c alone stays (the union keeps it)
-    assert small.get_layer("dw").kernel.shape == (3, 3, 5, 1)
-    assert small.get_layer("sep").depthwise_kernel.shape == (3, 3, 5, 2)
-    assert small.get_layer("sep").pointwise_kernel.shape == (1, 1, 10, 3)
+    # 3: dead in both; 4: the depthwise writes relu(0) = 0 whatever c feeds it; 0: dead
+    # in c alone, the depthwise writes relu(its bias), zero only if the bias is <= 0
+    n = 6 - 2 - int(model.get_layer("dw").bias.numpy()[0] <= 0)
+    assert small.get_layer("c").filters == n
+    assert small.get_layer("dw").kernel.shape == (3, 3, n, 1)
+    assert small.get_layer("sep").depthwise_kernel.shape == (3, 3, n, 2)
+    assert small.get_layer("sep").pointwise_kernel.shape == (1, 1, 2 * n, 3)
     assert small.get_layer("after").kernel.shape == (1, 1, 3, 4)
     assert_same_function(model, small, (9, 9, 3))
 
@@ -229,7 +232,7 @@ def depthwise_multiplier_model(follow=None, chain=False):
     [
         (None, False, [4, 4, 8]),  # dead filters removed with their blocks of m outputs
         (None, True, [4, 4, 8, 24]),  # through a chain of multipliers
-        ("bn", False, [6, 6, 12]),  # a BN shift makes the dead blocks constant: kept
+        ("bn", False, [4, 4, 8]),  # a BN shift makes them constant: folded into pw (1x1)
         ("add", False, [6, 6, 12, 12]),  # a merge in the multiplied space: kept
     ],
 )
@@ -297,8 +300,8 @@ def test_conv_batchnorm_constants_fold_only_where_exact():
     merged = keras.Model(merged_in, out)
     randomize(merged)
     kill(merged.get_layer("a"), [0], bias=False)
-    kill(merged.get_layer("b"), [0], bias=False)  # a constant through a merge: kept
-    assert gss.compact(merged).get_layer("a").units == 4
+    kill(merged.get_layer("b"), [0], bias=False)  # a constant through a merge: folded
+    assert gss.compact(merged).get_layer("a").units == 3
     assert_same_function(merged, gss.compact(merged), (6,))
     assert gss.compact(linear).get_layer("a").units == 3
     assert_same_function(linear, gss.compact(linear), (6,))

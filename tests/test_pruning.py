@@ -26,9 +26,11 @@ def small_convnet():
 def test_graph_and_flops_match_hand_counts():
     model = small_convnet()
     infos = graph.describe(model)
-    assert [(i.layer.name, i.producer, i.is_output) for i in infos] == [
-        ("c1", None, False), ("c2", 0, False), ("d1", 1, False), ("out", 2, True)
-    ]  # fmt: skip
+    assert [i.is_output for i in infos] == [False, False, False, True]
+    assert infos[0].inputs is not None and infos[0].removable.all()
+    assert list(infos[1].inputs) == list(infos[0].coupled)  # c2 reads c1's 4 channels
+    assert list(infos[2].inputs) == list(infos[1].coupled) * 4  # Flatten: 2x2 positions
+    assert list(infos[3].inputs) == list(infos[2].coupled) and not infos[3].removable.any()
     flops = [2 * 3 * 3 * 2 * 4 * 64, 2 * 3 * 3 * 4 * 6 * 4, 2 * 24 * 5, 2 * 5 * 3]
     assert [i.dense_flops for i in infos] == flops
     stats = gss.model_stats(model)
@@ -93,8 +95,8 @@ def test_memory_ranking_matches_numpy_reference():
     assert [i.activations for i in infos] == [64, 4, 1, 1]  # 8x8, 2x2 outputs, dense units
     kernels = [model.get_layer(n).kernel.numpy() for n in ("c1", "c2", "d1", "out")]
     norms = [np.linalg.norm(k.reshape(-1, k.shape[-1]), axis=0) for k in kernels]
-    live = [3, 6, 5, 3]
-    scores = pruning.group_scores(infos, norms, live, "memory")
+    dead = graph.dead_groups(infos, [n > 0 for n in norms])  # c1's filter 1
+    scores = pruning.group_scores(infos, norms, dead, "memory")
     flops = np.array([2 * 3 * 3 * 2 * 4 * 64, 2 * 3 * 3 * 4 * 6 * 4, 2 * 24 * 5, 2 * 5 * 3])
     count, values = np.array([4, 6, 5, 3]), np.array([64, 4, 1, 1])
     in_frac = [1.0, 3 / 4, 1.0, 1.0]

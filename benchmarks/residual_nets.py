@@ -1,0 +1,181 @@
+"""Accuracy of pruned residual nets: ResNet-20-style and MobileNetV2-style on Fashion-MNIST.
+
+For each seed: train the dense net, then from its weights prune with coupled
+groups to each FLOP level (the SparsityMonitor ramping the target over the
+pruning epochs, FLOP metric, "memory" ranking, widths a multiple of 8) under
+three regularizers: none (the monitor alone), a group lasso on the coupled
+groups (`attach(..., coupled=True)`), and the paper's guided structured
+sparsity (group lasso + the variance attention term) on the coupled groups;
+then a short fine-tune with the regularizers removed, `compact`, test accuracy,
+FLOPs of the compact model and its measured speedup (Keras compiled forward
+pass, batch 32, median of repeats).
+
+    python benchmarks/residual_nets.py --quick     # < 10 min on 2 cores
+    python benchmarks/residual_nets.py --seeds 3 --limit 0
+
+Prints a table last; writes results.json and table.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_speed import compiled_forward, paired_ms  # noqa: E402
+
+import keras_gss as gss  # noqa: E402
+
+NETS = {"resnet20": gss.models.resnet20, "mobilenetv2": gss.models.mobilenet_v2_small}
+METHODS = {
+    "monitor": None,
+    "lasso-coupled": lambda: gss.GroupLasso(2e-4),
+    "gss-coupled": lambda: gss.GuidedStructuredSparsity(lasso=2e-4, variance=1e-2),
+}
+
+
+def compiled(model, lr):
+    model.compile(
+        keras.optimizers.Adam(lr),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def accuracy(model, x, y) -> float:
+    logits = model.predict(x, batch_size=500, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def run_one(net, seed, args, data, dense_weights) -> list[dict]:
+    (x, y), (xt, yt) = data
+    rows = []
+    for level in args.levels:
+        for method, make in METHODS.items():
+            if method not in args.methods:
+                continue
+            start = time.time()
+            keras.utils.set_random_seed(seed)
+            model = NETS[net]()
+            model.set_weights(dense_weights)
+            if make is not None:
+                gss.attach(model, make(), coupled=True)
+            monitor = gss.SparsityMonitor(
+                target_sparsity=level, metric="flops", ranking="memory", min_live_groups=8,
+                round_to=8, update_freq=50, verbose=0,
+            )  # fmt: skip
+            compiled(model, args.lr)
+            model.fit(x, y, batch_size=128, epochs=args.prune_epochs, verbose=0,
+                      callbacks=[monitor])  # fmt: skip
+            gss.detach(model)
+            compiled(model, args.lr / 10)
+            model.fit(x, y, batch_size=128, epochs=1, verbose=0)
+            small = gss.compact(model)
+            dense_model = NETS[net]()
+            dense_model.set_weights(dense_weights)
+            xb = xt[:32]
+            d_ms, s_ms = paired_ms(
+                compiled_forward(dense_model), compiled_forward(small), xb, args.repeats
+            )
+            stats = gss.model_stats(small)
+            rows.append({
+                "net": net, "seed": seed, "level": level, "method": method,
+                "accuracy": accuracy(small, xt, yt),
+                "accuracy_unpruned_check": accuracy(model, xt[:1000], yt[:1000]),
+                "flops": stats.flops, "params": small.count_params(),
+                "speedup_b32": d_ms / s_ms, "seconds": time.time() - start,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2,000 images, 1 epoch each")
+    p.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS))
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.7])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--limit", type=int, help="training images (0: all 60,000; default all)")
+    p.add_argument("--epochs", type=int, default=4, help="dense training epochs (default 4)")
+    p.add_argument("--prune-epochs", type=int, default=2, help="pruning epochs (default 2)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/results/residual_nets")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.limit, args.epochs, args.prune_epochs, args.seeds = 2000, 1, 1, 1
+        args.repeats = 3
+    (x, y), (xt, yt), source = gss.datasets.load(
+        "fashion_mnist", limit=args.limit or None, return_source=True
+    )
+    print(f"Data: {source.describe()}; {len(x)} training, {len(xt)} test images", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for net in args.nets:
+        for seed in range(args.seeds):
+            start = time.time()
+            keras.utils.set_random_seed(seed)
+            model = compiled(NETS[net](), args.lr)
+            model.fit(x, y, batch_size=128, epochs=args.epochs, verbose=0)
+            rows.append({
+                "net": net, "seed": seed, "level": 0.0, "method": "dense",
+                "accuracy": accuracy(model, xt, yt), "flops": gss.model_stats(model).flops,
+                "params": model.count_params(), "speedup_b32": 1.0,
+                "seconds": time.time() - start,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+            rows += run_one(net, seed, args, ((x, y), (xt, yt)), model.get_weights())
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    meta = {
+        "command": "python benchmarks/residual_nets.py " + " ".join(argv or sys.argv[1:]),
+        "commit": commit, "backend": keras.backend.backend(), "keras": keras.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "data": source.describe(),
+        "args": vars(args),
+    }  # fmt: skip
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    text = summarize(rows)
+    (out / "table.md").write_text(f"Command: `{meta['command']}` at {commit[:10]}\n\n{text}\n")
+    print(text)
+    return 0
+
+
+def summarize(rows: list[dict]) -> str:
+    lines = [
+        "| net | FLOPs removed (target) | method | accuracy % (mean ± sd) | drop vs dense "
+        "(points) | FLOPs left | speedup b32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    dense = {(r["net"], r["seed"]): r for r in rows if r["method"] == "dense"}
+    keys = sorted({(r["net"], r["level"], r["method"]) for r in rows})
+    for net, level, method in keys:
+        group = [r for r in rows if (r["net"], r["level"], r["method"]) == (net, level, method)]
+        acc = np.array([100 * r["accuracy"] for r in group])
+        base = [dense[(net, r["seed"])] for r in group]
+        drop = np.array([100 * (d["accuracy"] - r["accuracy"]) for d, r in zip(base, group)])
+        flops = np.mean([r["flops"] / dense[(net, r["seed"])]["flops"] for r in group])
+        speed = np.mean([r["speedup_b32"] for r in group])
+        lines.append(
+            f"| {net} | {level:.0%} | {method} | {acc.mean():.2f} ± {acc.std():.2f} | "
+            f"{drop.mean():.2f} ± {drop.std():.2f} | {flops:.2f} | {speed:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
