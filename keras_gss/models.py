@@ -79,19 +79,19 @@ def resnet20(
     L = keras.layers
     inputs = keras.Input(input_shape)
     h = L.Conv2D(widths[0], 3, padding="same", use_bias=False, name="stem")(inputs)
-    h = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(h))
+    h = L.ReLU(name="stem_relu")(L.BatchNormalization(momentum=0.9, name="stem_bn")(h))
     for s, width in enumerate(widths):
         for b in range(blocks):
             stride = 2 if s > 0 and b == 0 else 1
             p = f"s{s}b{b}"
             r = L.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
                          name=f"{p}_conv1")(h)  # fmt: skip
-            r = L.ReLU(name=f"{p}_relu1")(L.BatchNormalization(name=f"{p}_bn1")(r))
+            r = L.ReLU(name=f"{p}_relu1")(L.BatchNormalization(momentum=0.9, name=f"{p}_bn1")(r))
             r = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"{p}_conv2")(r)
-            r = L.BatchNormalization(name=f"{p}_bn2")(r)
+            r = L.BatchNormalization(momentum=0.9, name=f"{p}_bn2")(r)
             if stride != 1 or h.shape[-1] != width:
                 h = L.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{p}_proj")(h)
-                h = L.BatchNormalization(name=f"{p}_proj_bn")(h)
+                h = L.BatchNormalization(momentum=0.9, name=f"{p}_proj_bn")(h)
             h = L.ReLU(name=f"{p}_out")(L.Add(name=f"{p}_add")([h, r]))
     h = L.GlobalAveragePooling2D(name="pool")(h)
     return keras.Model(inputs, L.Dense(num_classes, name="logits")(h), name=name)
@@ -119,7 +119,7 @@ def mobilenet_v2_small(
     L = keras.layers
     inputs = keras.Input(input_shape)
     h = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)
-    h = L.ReLU(6.0, name="stem_relu")(L.BatchNormalization(name="stem_bn")(h))
+    h = L.ReLU(6.0, name="stem_relu")(L.BatchNormalization(momentum=0.9, name="stem_bn")(h))
     k = 0
     for width, blocks, stride in stages:
         for b in range(blocks):
@@ -127,14 +127,14 @@ def mobilenet_v2_small(
             p = f"block{k}"
             k += 1
             r = L.Conv2D(h.shape[-1] * expansion, 1, use_bias=False, name=f"{p}_expand")(h)
-            r = L.ReLU(6.0, name=f"{p}_relu1")(L.BatchNormalization(name=f"{p}_bn1")(r))
+            r = L.ReLU(6.0, name=f"{p}_relu1")(L.BatchNormalization(momentum=0.9, name=f"{p}_bn1")(r))
             r = L.DepthwiseConv2D(3, strides=s, padding="same", use_bias=False,
                                   name=f"{p}_dw")(r)  # fmt: skip
-            r = L.ReLU(6.0, name=f"{p}_relu2")(L.BatchNormalization(name=f"{p}_bn2")(r))
+            r = L.ReLU(6.0, name=f"{p}_relu2")(L.BatchNormalization(momentum=0.9, name=f"{p}_bn2")(r))
             r = L.Conv2D(width, 1, use_bias=False, name=f"{p}_project")(r)
-            r = L.BatchNormalization(name=f"{p}_bn3")(r)
+            r = L.BatchNormalization(momentum=0.9, name=f"{p}_bn3")(r)
             h = L.Add(name=f"{p}_add")([h, r]) if s == 1 and h.shape[-1] == width else r
     h = L.Conv2D(head, 1, use_bias=False, name="head")(h)
-    h = L.ReLU(6.0, name="head_relu")(L.BatchNormalization(name="head_bn")(h))
+    h = L.ReLU(6.0, name="head_relu")(L.BatchNormalization(momentum=0.9, name="head_bn")(h))
     h = L.GlobalAveragePooling2D(name="pool")(h)
     return keras.Model(inputs, L.Dense(num_classes, name="logits")(h), name=name)
