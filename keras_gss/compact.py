@@ -116,9 +116,17 @@ def _clean_config(config: dict) -> dict:
     return config
 
 
+def _key(layer, variable) -> str:
+    """A weight's path inside its layer ("kernel"; "query/kernel" in an attention layer)."""
+    parts = variable.path.split("/")
+    if layer.name in parts[:-1]:
+        return "/".join(parts[parts.index(layer.name) + 1 :])
+    return parts[-1]
+
+
 def sliced_weights(layer, slices: tuple | None) -> dict[str, np.ndarray]:
     """A layer's weights by name, sliced as `compact` slices them."""
-    weights = {w.path.split("/")[-1]: np.asarray(ops.convert_to_numpy(w)) for w in layer.weights}
+    weights = {_key(layer, w): np.asarray(ops.convert_to_numpy(w)) for w in layer.weights}
     if slices is None:
         return weights
     return dependency.handler_for(layer).weights(layer, weights, *slices)
@@ -175,7 +183,7 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
     new = keras.models.clone_model(model, clone_function=clone)
     for old_layer, new_layer in zip(model.layers, new.layers):
         weights = sliced_weights(old_layer, result.slices.get(id(old_layer)))
-        names = [w.path.split("/")[-1] for w in new_layer.weights]
+        names = [_key(new_layer, w) for w in new_layer.weights]
         if not set(names) <= set(weights):  # unnamed weights (variable_N) renumber: by order
             names = list(weights)
         new_layer.set_weights([weights[name] for name in names])

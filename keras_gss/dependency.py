@@ -131,6 +131,23 @@ class Pin(Handler):
     """Unknown layers and operations: their channels stay."""
 
 
+class Attention(Pin):
+    """MultiHeadAttention: its channels stay; its FLOPs are the four projections
+    and the attention itself (scores and the weighted sum)."""
+
+    def flops(self, call, in_frac, out_frac):
+        layer, tensors = call.op, call.node.input_tensors
+        q_len = math.prod(d or 1 for d in tensors[0].shape[1:-1])
+        kv_len = math.prod(d or 1 for d in tensors[min(1, len(tensors) - 1)].shape[1:-1])
+        q, k, v, o = (
+            getattr(layer, f"_{n}_dense").kernel.shape for n in ("query", "key", "value", "output")
+        )
+        heads, key_dim, value_dim = q[-2], q[-1], v[-1]
+        total = math.prod(q) * q_len + (math.prod(k) + math.prod(v)) * kv_len
+        total += math.prod(o) * q_len + q_len * kv_len * heads * (key_dim + value_dim)
+        return 2.0 * total
+
+
 def _same(dep: Dependency, chan: Chan, tensor, axis: int | None = None) -> Chan:
     shape = tuple(tensor.shape)
     return Chan(chan.ids, len(shape) - 1 if axis is None else axis, shape)
@@ -631,6 +648,7 @@ def _register_builtins() -> None:
     for name in ("ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D"):
         register_handler(getattr(L, name), Padding())
     register_handler(L.BatchNormalization, BatchNorm())
+    register_handler(L.MultiHeadAttention, Attention())
     register_handler(L.PReLU, PReLUHandler())
     register_handler(L.Flatten, FlattenHandler())
     register_handler(L.Reshape, ReshapeHandler())

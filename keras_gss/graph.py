@@ -243,9 +243,20 @@ def live_flops(infos: list[LayerInfo], dead: np.ndarray) -> float:
     return sum(_live_cost(i, dead, i.dense_flops, i.input_flops) for i in infos)
 
 
+def fixed_flops(infos: list[LayerInfo]) -> float:
+    """FLOPs of the layers whose channels are never pruned (MultiHeadAttention)."""
+    dep = infos[0].dependency if infos else None
+    if dep is None:
+        return 0.0
+    prunable = {id(info.layer) for info in infos}
+    return float(sum(c.handler.flops(c, 1.0, 1.0) for c in dep.calls if id(c.op) not in prunable))
+
+
 def flop_ratio(infos: list[LayerInfo], dead: np.ndarray) -> float:
-    """`live_flops` over the dense FLOPs of the same layers: the share left."""
-    return live_flops(infos, dead) / max(1.0, sum(info.dense_flops for info in infos))
+    """`live_flops` plus `fixed_flops` over all dense FLOPs: the share left."""
+    fixed = fixed_flops(infos)
+    total = sum(info.dense_flops for info in infos) + fixed
+    return (live_flops(infos, dead) + fixed) / max(1.0, total)
 
 
 def live_weights(infos: list[LayerInfo], dead: np.ndarray) -> float:

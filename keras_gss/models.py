@@ -127,10 +127,12 @@ def mobilenet_v2_small(
             p = f"block{k}"
             k += 1
             r = L.Conv2D(h.shape[-1] * expansion, 1, use_bias=False, name=f"{p}_expand")(h)
-            r = L.ReLU(6.0, name=f"{p}_relu1")(L.BatchNormalization(momentum=0.9, name=f"{p}_bn1")(r))
+            r = L.BatchNormalization(momentum=0.9, name=f"{p}_bn1")(r)
+            r = L.ReLU(6.0, name=f"{p}_relu1")(r)
             r = L.DepthwiseConv2D(3, strides=s, padding="same", use_bias=False,
                                   name=f"{p}_dw")(r)  # fmt: skip
-            r = L.ReLU(6.0, name=f"{p}_relu2")(L.BatchNormalization(momentum=0.9, name=f"{p}_bn2")(r))
+            r = L.BatchNormalization(momentum=0.9, name=f"{p}_bn2")(r)
+            r = L.ReLU(6.0, name=f"{p}_relu2")(r)
             r = L.Conv2D(width, 1, use_bias=False, name=f"{p}_project")(r)
             r = L.BatchNormalization(momentum=0.9, name=f"{p}_bn3")(r)
             h = L.Add(name=f"{p}_add")([h, r]) if s == 1 and h.shape[-1] == width else r

@@ -251,14 +251,15 @@ def _target(infos, units, rows, norms, masks, dead_units, counts, target, metric
     dead_roots = graph.dead_groups(infos, [m & ~d for m, d in zip(masks, slot_masks)])
     budget = _Budget(infos, dead_roots)
     total_w = sum(row.weights for row in rows)
-    dense_f = sum(info.dense_flops for info in infos)
+    fixed = graph.fixed_flops(infos)
+    dense_f = sum(info.dense_flops for info in infos) + fixed
     nonzero = [groups.layer_group_nonzeros(info.layer) for info in infos]
     unit_nonzero = units.gather([n * m for n, m in zip(nonzero, masks)])
     zero_w = sum(row.zero_weights for row in rows) + int(unit_nonzero[dead_units].sum())
 
     def reached() -> bool:
         if metric == "flops":
-            return budget.flops <= (1.0 - target) * dense_f * (1 + 1e-9)
+            return budget.flops + fixed <= (1.0 - target) * dense_f * (1 + 1e-9)
         return zero_w >= math.ceil(target * total_w)
 
     if reached():

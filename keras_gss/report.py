@@ -208,8 +208,9 @@ def model_stats(model: keras.Model, threshold: float = 0.0) -> ModelStats:
     """Count parameters and FLOPs, dense and live.
 
     FLOPs are 2 x the multiply-adds of each prunable layer's kernel per example
-    (both halves of a separable convolution; bias, activations and pooling left
-    out). Live counts are what `compact` removes: the coupled groups
+    (both halves of a separable convolution) and of MultiHeadAttention (its
+    projections and the attention); bias, activations and pooling are left out.
+    Live counts are what `compact` removes: the coupled groups
     (`keras_gss.dependency`) whose kernel slices are at or below `threshold`
     (default 0: exactly zero) and whose removal keeps the model's function, with
     every weight they own (biases, BatchNormalization, input slices of readers).
@@ -237,6 +238,7 @@ def model_stats(model: keras.Model, threshold: float = 0.0) -> ModelStats:
         )
     dead = np.zeros(max(graph.coupled_size(infos), plan.remove.size), dtype=bool)
     dead[: plan.remove.size] = plan.remove
+    other = graph.fixed_flops(infos)  # layers whose channels stay (MultiHeadAttention)
     live_params = 0
     for layer in groups.iter_layers(model):
         if isinstance(layer, keras.layers.InputLayer):
@@ -246,8 +248,8 @@ def model_stats(model: keras.Model, threshold: float = 0.0) -> ModelStats:
     return ModelStats(
         params=params,
         live_params=int(live_params),
-        flops=_flops(infos),
-        live_flops=float(graph.live_flops(infos, dead)),
+        flops=_flops(infos) + other,
+        live_flops=float(graph.live_flops(infos, dead)) + other,
     )
 
 

@@ -295,3 +295,19 @@ def test_coupled_group_lasso_takes_the_norm_over_the_whole_stream():
     assert not model.losses
     with pytest.raises(TypeError, match="coupled"):
         gss.attach(model, keras.regularizers.L2(0.1), coupled=True)
+
+
+def test_flops_count_multi_head_attention_and_its_mlp_is_prunable():
+    x = keras.Input((10, 16))
+    h = L.LayerNormalization(name="ln")(x)
+    h = L.Add()([x, L.MultiHeadAttention(4, 8, name="mha")(h, h)])
+    m = L.Dense(32, activation="gelu", name="up")(L.LayerNormalization(name="ln2")(h))
+    h = L.Add()([h, L.Dense(16, name="down")(m)])
+    model = keras.Model(x, L.Dense(3, name="out")(L.GlobalAveragePooling1D()(h)))
+    randomize(model)
+    assert units_by_family(model) == {("up",): 32}  # the residual stream meets LayerNorms
+    t, d, heads, key = 10, 16, 4, 8
+    attention = 4 * t * d * heads * key + t * t * heads * (key + key)  # scores, weighted sum
+    dense = t * d * 32 + t * 32 * d + d * 3
+    assert gss.model_stats(model).flops == 2 * (attention + dense)
+    prune_compact_and_check(model, (10, 16), target=0.2)
