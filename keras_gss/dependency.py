@@ -112,6 +112,7 @@ class Handler:
     def trace(self, dep: Dependency, op, node, ins: list[Chan]) -> list[Chan]:
         for chan in ins:
             dep.pin(chan)
+        dep.pinned_nodes.add(id(node))
         return [dep.fresh(t, pinned=True) for t in node.output_tensors]
 
     def constant(self, dep: Dependency, call: Call, consts: list[np.ndarray], zeroed: bool):
@@ -677,6 +678,7 @@ class Dependency:
         self.readers: list[tuple] = []  # (layer, handler, input Chan) of kernel layers
         self.followers: list[tuple] = []  # (layer, Chan) of per-channel weights
         self.routes: dict[int, tuple] = {}
+        self.pinned_nodes: set[int] = set()  # calls whose handler pinned them instead
         self._calls_of: dict[int, list[Call]] = {}
 
     # union-find over channel ids
@@ -775,7 +777,8 @@ class Dependency:
         consts: dict[int, np.ndarray] = {id(c): np.full(len(c.ids), np.nan) for c in self.inputs}
         for call in self.calls:
             ins = [consts.get(id(c), np.full(len(c.ids), np.nan)) for c in call.ins]
-            for chan, value in zip(call.outs, call.handler.constant(self, call, ins, zeroed)):
+            handler = _PIN if id(call.node) in self.pinned_nodes else call.handler
+            for chan, value in zip(call.outs, handler.constant(self, call, ins, zeroed)):
                 consts[id(chan)] = np.asarray(value, dtype=np.float64)
         return consts
 

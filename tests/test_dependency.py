@@ -311,3 +311,30 @@ def test_flops_count_multi_head_attention_and_its_mlp_is_prunable():
     dense = t * d * 32 + t * 32 * d + d * 3
     assert gss.model_stats(model).flops == 2 * (attention + dense)
     prune_compact_and_check(model, (10, 16), target=0.2)
+
+
+def test_a_shared_layer_couples_the_inputs_of_its_calls():
+    x = keras.Input((6,))
+    a, b = L.Dense(5, name="a")(x), L.Dense(5, name="b")(x)
+    shared = L.Dense(4, activation="relu", name="shared")
+    h = L.Add()([shared(a), shared(b)])  # fed by two pruned producers
+    chain = L.Dense(4, name="twice")
+    h = chain(chain(h))  # applied twice in a chain: its input is its output
+    model = keras.Model(x, L.Dense(2, name="out")(h))
+    randomize(model)
+    # a and b feed one kernel: one channel; `twice` reads its own output and
+    # shared's, so its input, its output and shared's output are one channel too
+    assert units_by_family(model) == {("a", "b"): 5, ("shared", "twice"): 4}
+    prune_compact_and_check(model, (6,), target=0.2)
+
+
+def test_compact_refuses_nan_weights_and_model_stats_counts_them_live():
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3, name="a"), L.Dense(2, name="out")])
+    kernel = model.get_layer("a").kernel.numpy()
+    kernel[:, 1] = np.nan
+    kernel[:, 2] = 0.0
+    model.get_layer("a").kernel.assign(kernel)
+    stats = gss.model_stats(model)
+    assert stats.live_params == model.count_params() - (4 + 1 + 2)  # only column 2 goes
+    with pytest.raises(ValueError, match="'a' holds NaN"):
+        gss.compact(model)

@@ -35,3 +35,13 @@ def test_api_table_names_every_public_name():
     api = README[README.index("## API") : README.index("## The main job")]
     missing = [n for n in keras_gss.__all__ if not re.search(rf"`{n}[`(.]", api)]
     assert not missing, f"README's API table does not name {missing}"
+
+
+def test_docs_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    found = 0
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
+            exec(compile(block, str(page), "exec"), {"__name__": "__docs__"})
+            found += 1
+    assert found
