@@ -10,7 +10,7 @@ Example:
 
 from keras_gss import datasets, dependency, experiment, graph, groups, models, pruning
 from keras_gss.attach import attach, detach
-from keras_gss.compact import compact, register_compaction
+from keras_gss.compact import compact, register_compaction, strip
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
 from keras_gss.dependency import register_handler
 from keras_gss.groups import GroupSpec, register_layer
@@ -55,4 +55,5 @@ __all__ = [
     "register_handler",
     "register_layer",
     "sparsity_report",
+    "strip",
 ]

@@ -172,6 +172,17 @@ def attach(
                     "`proximal` would replace it. Remove it or call attach without `proximal`."
                 )
     for layer in chosen:
+        existing = groups.layer_weight(layer).regularizer
+        if existing is not None and not isinstance(
+            existing, (_GroupRegularizer, CoupledRegularizer)
+        ):
+            raise ValueError(
+                f"Layer '{layer.name}' already has a kernel regularizer ({existing!r}); "
+                "attach would replace it. Remove it first, or leave the layer out with "
+                "`layers=`."
+            )
+    _warn_flat_norms(chosen, regularizer)
+    for layer in chosen:
         spec = groups.get_spec(layer)
         weight = groups.layer_weight(layer, spec)
         layer_regularizer = _for_layer(regularizer, spec)
@@ -185,6 +196,30 @@ def attach(
         _couple(model, chosen, regularizer)
     reset_traced_functions(model)
     return model
+
+
+def _warn_flat_norms(chosen: list, regularizer) -> None:
+    """The attention term is `strength / (var(norms^2) + epsilon)`: a kernel whose
+    group norms are all equal (zero-initialized) makes it huge from the first step."""
+    config = regularizer.get_config() if hasattr(regularizer, "from_squared_norms") else {}
+    strength = config.get("variance", config.get("strength", 0.0))
+    attention = type(regularizer).__name__ == "GroupVariance" or (
+        config.get("variance") and config.get("attention") in ("variance", "scale_invariant")
+    )
+    if not attention or not strength:
+        return
+    for layer in chosen:
+        spec = groups.get_spec(layer)
+        norms = groups.layer_group_norms(layer)
+        if norms.size > 1 and np.ptp(norms**2) == 0:
+            warnings.warn(
+                f"attach: every group of layer '{layer.name}' has the same norm "
+                f"({norms[0]:.3g}; a zero or constant kernel): the attention term "
+                f"{strength} / (variance + epsilon) starts at "
+                f"{strength / config.get('epsilon', 1e-8):.3g} for it. Initialize its "
+                f"`{spec.weight}` randomly (e.g. glorot_uniform) before training.",
+                stacklevel=3,
+            )
 
 
 def _couple(model: keras.Model, chosen: list, regularizer) -> None:

@@ -2,8 +2,10 @@
 
 Trains the paper's LeNet-like network on (Fashion-)MNIST with a chosen method,
 prunes it to a target sparsity, fine-tunes it, and writes a run folder:
-`pruned.keras`, `compact.keras` (dead units removed), `report.json`,
-`history.csv` and `sparsity.png`.
+`pruned.keras` (with its masks: load it after `import keras_gss`),
+`stripped.keras` (the same weights as plain Keras, loads anywhere),
+`compact.keras` (dead units removed, plain Keras), `report.json`, `history.csv`
+and `sparsity.png`.
 """
 
 from __future__ import annotations
@@ -239,7 +241,10 @@ def run_train(args) -> dict:
     report["model_stats"] = model_stats(model).to_dict()
 
     with timer("save"):
-        model.save(out / "pruned.keras")
+        model.save(out / "pruned.keras")  # with its masks: loads after `import keras_gss`
+        from keras_gss.compact import strip
+
+        strip(model).save(out / "stripped.keras")  # plain Keras, loads anywhere
     if args.method != "magnitude":
         from keras_gss.compact import compact
 
@@ -271,7 +276,8 @@ def run_train(args) -> dict:
         f"Dense accuracy {_pct(dense_accuracy)} -> final {_pct(final_accuracy)}; "
         f"sparsity {sparsity.sparsity:.1%}; FLOPs left {report['model_stats']['flop_ratio']:.1%}"
     )
-    print(f"Wrote {out}/: pruned.keras, compact.keras, report.json, history.csv, sparsity.png")
+    print(f"Wrote {out}/: pruned.keras, stripped.keras, compact.keras, report.json, "
+          "history.csv, sparsity.png")  # fmt: skip
     return report
 
 

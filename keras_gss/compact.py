@@ -188,3 +188,37 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
             names = list(weights)
         new_layer.set_weights([weights[name] for name in names])
     return new
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """A plain Keras copy of a pruned model: the same weights (zeros included), with
+    keras-gss regularizers, masks and proximal steps removed, so that its `.keras`
+    file loads where keras-gss is not installed (like TF-MOT's `strip_pruning`).
+    Nested models are inlined. Pruned groups are no longer held at zero: strip for
+    deployment, not for more training.
+
+    Example:
+
+    >>> import json, keras_gss as gss
+    >>> model = gss.attach(gss.models.lenet())
+    >>> _ = gss.prune(model, target_sparsity=0.5)
+    >>> "keras_gss" in json.dumps(gss.strip(model).get_config())
+    False
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Invalid value for argument `model`. Expected a keras.Model. Received: {model!r}"
+        )
+    graph.graph_model(model)
+    if graph.has_nested(model):
+        model = graph.inline(model)
+
+    def clone(op):
+        if not isinstance(op, keras.layers.Layer):
+            return op
+        return type(op).from_config(_clean_config(op.get_config()))
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    for old_layer, new_layer in zip(model.layers, new.layers):
+        new_layer.set_weights([ops.convert_to_numpy(w) for w in old_layer.weights])
+    return new

@@ -157,6 +157,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.update_freq = update_freq
         self.release = bool(release)
         self.released_epoch: int | None = None  # the epoch whose end released them
+        self._warned = False  # the unreached target is said once per fit
         self._epoch = 0
         self._next_batch = 0
         self.verbose = int(verbose)
@@ -168,6 +169,7 @@ class SparsityMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self.released_epoch = None
+        self._warned = False
         self._infos = graph.restrict(graph.describe(model), self.layers)
         lora = groups.lora_layers(model)
         if lora:
@@ -233,6 +235,11 @@ class SparsityMonitor(keras.callbacks.Callback):
         else:
             rows, norms = pruning.measure(self._infos, self.threshold, check_finite=False)
         report = SparsityReport(rows=tuple(rows), threshold=self.threshold)
+        if target is not None and target == self.target_sparsity and not self._warned:
+            self._warned = pruning.warn_if_unreached(
+                "SparsityMonitor", self._infos, report, target, self.metric,
+                self.min_live_groups, self.round_to, self.layers is not None,
+            )  # fmt: skip
         masks = [pruning.live_mask(i) & (n > self.threshold) for i, n in zip(self._infos, norms)]
         flop_ratio = graph.flop_ratio(self._infos, graph.dead_groups(self._infos, masks))
         record = {

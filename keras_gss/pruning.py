@@ -461,21 +461,35 @@ def prune(
     rows, _ = measure(infos, 0.0, check_finite=False)
     report = SparsityReport(rows=tuple(rows), threshold=0.0)
     if target is not None:
-        reached = report.sparsity
-        if metric == "flops":
-            masks = [
-                live_mask(info) & (n > 0) for info, n in zip(infos, measure(infos, 0.0, False)[1])
-            ]
-            reached = 1.0 - graph.flop_ratio(infos, graph.dead_groups(infos, masks))
-        if reached < target - 1e-9:
-            warnings.warn(
-                f"prune: target_sparsity={target} ({metric}) was not reached: {reached:.4f}. "
-                f"Every layer it may prune is at its floor (min_live_groups="
-                f"{min_live_groups}, round_to={round_to}); lower them or the target"
-                + (", or name more `layers`." if layers is not None else "."),
-                stacklevel=2,
-            )
+        warn_if_unreached("prune", infos, report, target, metric, min_live_groups, round_to,
+                          layers is not None)  # fmt: skip
     return report
+
+
+def reached(infos: list[graph.LayerInfo], report: SparsityReport, metric: str) -> float:
+    """The sparsity reached: of prunable weights, or of FLOPs (what compact removes)."""
+    if metric != "flops":
+        return report.sparsity
+    _, norms = measure(infos, 0.0, check_finite=False)
+    masks = [live_mask(info) & (n > 0) for info, n in zip(infos, norms)]
+    return 1.0 - graph.flop_ratio(infos, graph.dead_groups(infos, masks))
+
+
+def warn_if_unreached(owner, infos, report, target, metric, min_live_groups, round_to,
+                      named_layers: bool) -> bool:  # fmt: skip
+    """Warn (and return True) when `target` is above what was reached."""
+    value = reached(infos, report, metric)
+    if value >= target - 1e-9:
+        return False
+    warnings.warn(
+        f"{owner}: target_sparsity={target} ({metric}) was not reached: {value:.4f}. "
+        f"Every layer it may prune is at its floor (min_live_groups="
+        f"{min_live_groups}, round_to={round_to}), or its groups cannot be removed (the "
+        "output layer, channels pinned by the model's inputs, outputs or unknown layers); "
+        "lower the floors or the target" + (", or name more `layers`." if named_layers else "."),
+        stacklevel=3,
+    )
+    return True
 
 
 def magnitude_prune(

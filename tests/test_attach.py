@@ -108,3 +108,26 @@ def test_bad_input():
     with pytest.raises(TypeError, match="`activity_regularizer`"):
         gss.attach(model, activity_regularizer="l2")
     assert model.layers[0].kernel.regularizer is None  # nothing half-attached
+
+
+def test_attach_refuses_to_replace_a_users_own_regularizer_and_changes_nothing():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="own",
+                              kernel_regularizer=keras.regularizers.L2(0.1)),
+                              keras.layers.Dense(2)])  # fmt: skip
+    with pytest.raises(ValueError, match="'own' already has a kernel regularizer"):
+        gss.attach(model)
+    assert isinstance(model.get_layer("own").kernel.regularizer, keras.regularizers.L2)
+    gss.attach(model, layers=[model.layers[1]], skip_output=False)  # the other one is fine
+    gss.attach(model, layers=[model.layers[1]], skip_output=False)  # and again: ours
+
+
+def test_attach_warns_when_the_attention_term_starts_on_a_flat_kernel():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="zeros",
+                              kernel_initializer="zeros"), keras.layers.Dense(2)])  # fmt: skip
+    with pytest.warns(UserWarning, match="'zeros' has the same norm.*starts at 1e\\+06"):
+        gss.attach(model, gss.GuidedStructuredSparsity(variance=1e-2))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gss.attach(model, gss.GroupLasso(1e-3))  # no attention term: nothing to say

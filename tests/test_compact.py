@@ -437,3 +437,36 @@ def test_compact_lenet_has_the_shape_of_a_narrow_lenet():
     assert [tuple(w.shape) for w in small.weights] == [tuple(w.shape) for w in narrow.weights]
     with pytest.raises(ValueError, match="`filters`"):
         gss.models.lenet(filters=(0, 3))
+
+
+def test_strip_keeps_the_zeros_and_loads_without_keras_gss(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model = gss.attach(nested_model(), proximal=1e-4)
+    randomize(model)
+    gss.prune(model, target_sparsity=0.5)
+    plain = gss.strip(model)
+    assert "keras_gss" not in json.dumps(plain.get_config())
+    assert not any(isinstance(layer, keras.Model) for layer in plain.layers)  # inlined
+    x = np.random.default_rng(0).normal(size=(2, 10, 10, 3)).astype("float32")
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+    assert gss.sparsity_report(plain, 0).zero_groups == gss.sparsity_report(model, 0).zero_groups
+    plain.save(tmp_path / "plain.keras")
+    np.save(tmp_path / "x.npy", x)
+    code = (  # a fresh interpreter that never imports keras_gss
+        "import sys, numpy as np, keras; m = keras.models.load_model(sys.argv[1]); "
+        "np.save(sys.argv[2], m.predict(np.load(sys.argv[3]), verbose=0))"
+    )
+    env = {**os.environ, "PYTHONPATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "plain.keras"), str(tmp_path / "y.npy"),
+         str(tmp_path / "x.npy")], capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), plain.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+    with pytest.raises(TypeError, match="keras.Model"):
+        gss.strip(["model.keras"])

@@ -310,3 +310,21 @@ def test_layers_limits_the_monitor_to_the_named_layers(toy_data):
         np.testing.assert_array_equal(w.numpy(), b)
     with pytest.raises(TypeError, match="layers"):
         gss.SparsityMonitor(layers=5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, layers",
+    [
+        ({"min_live_groups": 30}, None),  # the floors keep it out of reach
+        ({}, ["dense_2"]),  # only the output layer named: nothing may be pruned
+    ],
+)
+def test_an_unreachable_target_is_said_once(toy_data, kwargs, layers):
+    x, y = toy_data
+    model = compile_classifier(mlp(hidden=(40, 32)))
+    monitor = gss.SparsityMonitor(target_sparsity=0.95, verbose=0, layers=layers, **kwargs)
+    said = "SparsityMonitor: target_sparsity=0.95.*not reached"
+    with pytest.warns(UserWarning, match=said) as got:
+        model.fit(x, y, epochs=2, batch_size=256, verbose=0, callbacks=[monitor])
+    assert sum("not reached" in str(w.message) for w in got) == 1
+    assert monitor.history[-1]["sparsity"] < 0.95
