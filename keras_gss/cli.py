@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -55,7 +56,11 @@ DEFAULTS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keras-gss", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train, prune and fine-tune the paper's network")
+    p = sub.add_parser(
+        "train",
+        help="train, prune and fine-tune the paper's network",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--dataset", choices=["fashion_mnist", "mnist"])
     p.add_argument("--method", choices=["gss", "group-lasso", "magnitude", "dense"])
     p.add_argument("--epochs", type=int, help="regularized training epochs")
@@ -91,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pruning)")  # fmt: skip
     p.add_argument("--limit", type=int, help="training images (0 = all)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--output", help="run folder")
+    p.add_argument("--output", help="run folder (a non-empty one gets a numbered sibling "
+                   "unless --overwrite)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --output")
     p.add_argument("--no-dense-baseline", action="store_true",
                    help="skip training the dense reference model")  # fmt: skip
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
@@ -112,6 +119,9 @@ def _update_freq(text: str) -> str | int:
 
 
 def _check(args) -> None:
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SystemExit(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("epochs", "batch_size", "round_to", "min_live_groups"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
@@ -164,7 +174,10 @@ def _recipe(args):
     return experiment.Recipe(**levers)
 
 
-def run_train(args) -> dict:
+def run_train(args, state: dict | None = None) -> dict:
+    """The run; `state` receives the run folder ("out") and the report as it grows
+    ("report"), so that an interrupted run can still write what it has."""
+    state = {} if state is None else state
     import keras
 
     from keras_gss import datasets, experiment, models, plot, pruning
@@ -172,8 +185,7 @@ def run_train(args) -> dict:
     from keras_gss.monitor import SparsityMonitor
     from keras_gss.report import model_stats, sparsity_report
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = state["out"] = _output_folder(args)
     timer = experiment.Timer()
     with timer("load"):
         (x, y), (xt, yt), source = datasets.load(
@@ -183,7 +195,7 @@ def run_train(args) -> dict:
     recipe = _recipe(args)
     verbose = {0: 0, 1: 1, 2: 2}[args.verbose]
     fit = {"batch_size": args.batch_size, "lr": args.lr, "verbose": verbose}
-    report: dict = {
+    report = state["report"] = {
         "dataset": {"name": args.dataset, **source.__dict__, "train": len(x), "test": len(xt)},
         "method": args.method,
         "recipe": recipe.to_dict(),
@@ -241,16 +253,16 @@ def run_train(args) -> dict:
     report["model_stats"] = model_stats(model).to_dict()
 
     with timer("save"):
-        model.save(out / "pruned.keras")  # with its masks: loads after `import keras_gss`
+        _save(model, out / "pruned.keras")  # with its masks: loads after `import keras_gss`
         from keras_gss.compact import strip
 
-        strip(model).save(out / "stripped.keras")  # plain Keras, loads anywhere
+        _save(strip(model), out / "stripped.keras")  # plain Keras, loads anywhere
     if args.method != "magnitude":
         from keras_gss.compact import compact
 
         with timer("compact"):
             small = compact(model)
-            small.save(out / "compact.keras")
+            _save(small, out / "compact.keras")
         report["compact"] = {
             "params": int(small.count_params()),
             "dense_params": int(model.count_params()),
@@ -270,7 +282,7 @@ def run_train(args) -> dict:
     plot.training_figure(history, norms, out / "sparsity.png")
     report["monitor_history"] = history
     report["wall_seconds"] = timer.seconds
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    _write_report(out, report)
     print(f"\n{sparsity}\n")
     print(
         f"Dense accuracy {_pct(dense_accuracy)} -> final {_pct(final_accuracy)}; "
@@ -279,6 +291,40 @@ def run_train(args) -> dict:
     print(f"Wrote {out}/: pruned.keras, stripped.keras, compact.keras, report.json, "
           "history.csv, sparsity.png")  # fmt: skip
     return report
+
+
+def _output_folder(args) -> Path:
+    """The run folder, checked writable before any training. A non-empty one is
+    not overwritten unless asked: the run goes to the first free `<name>-N`."""
+    out = Path(args.output)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        k = 2
+        while Path(f"{out}-{k}").exists():
+            k += 1
+        print(f"{out} is not empty: writing to {out}-{k} (--overwrite writes into it)")
+        out = Path(f"{out}-{k}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise SystemExit(f"--output {out} is not writable: {err.strerror or err}") from None
+    return out
+
+
+def _save(model, path: Path) -> None:
+    """`model.save(path)`, whole or not at all (a temporary file, then a rename)."""
+    temporary = path.with_name(f"{path.stem}.tmp.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def _write_report(out: Path, report: dict) -> None:
+    """report.json, written whole or not at all (a temporary file, then a rename)."""
+    temporary = out / "report.json.tmp"
+    temporary.write_text(json.dumps(report, indent=2, default=float))
+    os.replace(temporary, out / "report.json")
 
 
 def _latency_ms(model, x, repeats: int = 7) -> float:
@@ -313,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     start = time.perf_counter()
     if args.command == "train":
-        run_train(args)
+        state: dict = {}
+        try:
+            run_train(args, state)
+        except KeyboardInterrupt:
+            if "out" in state:
+                _write_report(state["out"], {**state.get("report", {}), "interrupted": True})
+            where = f" ({state['out']}/report.json)" if "out" in state else ""
+            print(f"\nInterrupted: the report so far is written{where}.", file=sys.stderr)
+            return 130
     print(f"Done in {time.perf_counter() - start:.0f} s")
     return 0
 

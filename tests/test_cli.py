@@ -235,3 +235,43 @@ def test_cli_layers_reach_the_recipe_and_its_monitor():
     args = cli.build_parser().parse_args(["train", "--layers", "conv1", "--regularize", "pruned"])
     cli._check(args)
     assert cli._recipe(args).regularize == "pruned"
+
+
+def test_train_keeps_a_non_empty_output_refuses_nan_and_an_unwritable_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("keep me")
+    from keras_gss import cli
+
+    args = cli.build_parser().parse_args(["train", "--output", str(tmp_path / "run")])
+    out = cli._output_folder(args)
+    assert out == tmp_path / "run-2" and out.is_dir()
+    assert (tmp_path / "run" / "mine.txt").read_text() == "keep me"
+    args.overwrite = True
+    assert cli._output_folder(args) == tmp_path / "run"
+    (tmp_path / "file").write_text("")
+    args.output = str(tmp_path / "file" / "sub")  # a file where a folder should be
+    with pytest.raises(SystemExit, match="not writable"):
+        cli._output_folder(args)
+    for flag, value in (("--lr", "nan"), ("--lasso", "inf")):
+        with pytest.raises(SystemExit, match=f"{flag} must be a finite number"):
+            cli.main(["train", flag, value, "--output", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+    assert "(default: 0.001)" in cli.build_parser()._subparsers._group_actions[0].choices[
+        "train"
+    ].format_help()
+
+
+def test_an_interrupted_run_writes_its_report_and_exits_quietly(tmp_path, monkeypatch, capsys):
+    from keras_gss import cli
+
+    def interrupted(args, state):
+        state["out"] = cli._output_folder(args)
+        state["report"] = {"method": args.method, "dense_accuracy": 0.9}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_train", interrupted)
+    assert cli.main(["train", "--output", str(tmp_path / "run")]) == 130
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report == {"method": "group-lasso", "dense_accuracy": 0.9, "interrupted": True}
+    err = capsys.readouterr().err
+    assert "Interrupted" in err and "Traceback" not in err
