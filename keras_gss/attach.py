@@ -131,6 +131,10 @@ def attach(
     min_live_groups=16, layers=[...]`); a regularizer there belongs on those
     layers only (`layers=`).
 
+    Groups that are already exactly zero (in a layer that has live ones) get a
+    `GroupMask`, so a pruned model whose weights were loaded into a fresh model
+    (`save_weights` / `load_weights` keep no masks) stays pruned.
+
     Returns:
         The same model.
 
@@ -194,6 +198,11 @@ def attach(
             _set_proximal(layer, spec, weight, ProximalGroupLasso(proximal, spec.axis))
     if coupled:
         _couple(model, chosen, regularizer)
+    from keras_gss import pruning  # pruning imports this module
+
+    # groups that are exactly zero were pruned (weights loaded into a fresh model
+    # lose their masks): hold them at zero again
+    pruning.freeze_zero_groups(model, graph.describe(model))
     reset_traced_functions(model)
     return model
 

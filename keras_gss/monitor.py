@@ -158,6 +158,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.release = bool(release)
         self.released_epoch: int | None = None  # the epoch whose end released them
         self._warned = False  # the unreached target is said once per fit
+        self._restored_check = False  # freeze zeros again once the first epoch begins
         self._epoch = 0
         self._next_batch = 0
         self.verbose = int(verbose)
@@ -170,6 +171,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         model = self.model
         self.released_epoch = None
         self._warned = False
+        self._restored_check = True
         self._infos = graph.restrict(graph.describe(model), self.layers)
         lora = groups.lora_layers(model)
         if lora:
@@ -211,6 +213,12 @@ class SparsityMonitor(keras.callbacks.Callback):
                 self._retrace()
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._restored_check and self.prune and self.freeze:
+            # after every callback's on_train_begin: weights that BackupAndRestore (or
+            # any callback) restored, whatever the order the callbacks are listed in
+            self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state
+            self._freeze_existing_zeros()
+        self._restored_check = False
         self._epoch = epoch
         self._next_batch = self.update_freq if self.update_freq != "epoch" else 0
 
@@ -299,12 +307,5 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     def _freeze_existing_zeros(self) -> None:
         """Treat exactly-zero groups of a loaded or resumed model as pruned."""
-        dead = []
-        for info in self._infos:
-            norms = groups.layer_group_norms(info.layer)
-            new = pruning.live_mask(info) & (norms == 0)
-            if info.protected or new.all():
-                new[:] = False
-            dead.append(new)
-        if any(d.any() for d in dead):
-            self._apply(dead)
+        if pruning.freeze_zero_groups(self.model, self._infos, self.freeze):
+            self._retrace()

@@ -366,6 +366,22 @@ def _grouped_variables(info: graph.LayerInfo) -> list[tuple]:
     return found
 
 
+def freeze_zero_groups(model: keras.Model, infos: list[graph.LayerInfo], freeze=True) -> bool:
+    """Mask the groups that are exactly zero (a reloaded, restored or resumed model
+    whose masks were lost), unless a layer is all zero (an initializer, not
+    pruning). True when a retrace is needed."""
+    dead = []
+    for info in infos:
+        norms = groups.layer_group_norms(info.layer)
+        new = live_mask(info) & (norms == 0)
+        if info.protected or new.all():
+            new[:] = False
+        dead.append(new)
+    if not any(d.any() for d in dead):
+        return False
+    return apply(model, infos, dead, freeze)
+
+
 def install_masks(model: keras.Model, infos: list[graph.LayerInfo]) -> bool:
     """Give every prunable, unprotected layer a `GroupMask` (its current live groups),
     so that later pruning only updates mask values and never needs a retrace on

@@ -141,3 +141,54 @@ def test_float16_kernels_are_regularized_in_float32(toy_data):
     history = model.fit(x, y, epochs=3, batch_size=64, callbacks=[monitor], verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert monitor.history[-1]["sparsity"] >= 0.5 - 1e-6
+
+
+class ZerosAfterBatches(keras.callbacks.Callback):
+    """Records, after a few batches of the first epoch, which kernel columns are zero."""
+
+    def __init__(self, batches=4):
+        super().__init__()
+        self.batches, self.zero = batches, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.batches and self.zero is None:
+            self.zero = [
+                np.linalg.norm(keras.ops.convert_to_numpy(layer.kernel), axis=0) == 0
+                for layer in self.model.layers
+            ]
+
+
+@pytest.mark.parametrize("order", ["monitor first", "backup first"])
+def test_restored_weights_keep_their_pruned_groups_whatever_the_callback_order(
+    toy_data, tmp_path, order
+):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    gss.prune(model, target_sparsity=0.7)
+    dead = [np.linalg.norm(layer.kernel.numpy(), axis=0) == 0 for layer in model.layers]
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    backup.set_model(model)
+    backup._save_model()  # what a run killed after its first epoch left behind
+    fresh = compile_classifier(mlp())  # a new process: the masks are gone
+    monitor = gss.SparsityMonitor(verbose=0)
+    callbacks = [monitor, backup] if order == "monitor first" else [backup, monitor]
+    probe = ZerosAfterBatches()
+    fresh.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[*callbacks, probe])
+    for before, now in zip(dead, probe.zero):
+        assert before.any() or not now.any()
+        assert np.all(now[before])  # still exactly zero after 4 batches of training
+
+
+def test_weights_loaded_into_a_fresh_model_stay_pruned_after_attach(toy_data, tmp_path):
+    x, y = toy_data
+    model = mlp()
+    gss.prune(model, target_sparsity=0.7)
+    model.save_weights(tmp_path / "pruned.weights.h5")
+    dead = [np.linalg.norm(layer.kernel.numpy(), axis=0) == 0 for layer in model.layers]
+    fresh = mlp()
+    fresh.load_weights(tmp_path / "pruned.weights.h5")
+    gss.attach(fresh, gss.GroupLasso(1e-4))
+    compile_classifier(fresh).fit(x, y, epochs=1, batch_size=32, verbose=0)
+    for before, layer in zip(dead, fresh.layers):
+        assert np.all(np.linalg.norm(layer.kernel.numpy(), axis=0)[before] == 0)
+    assert any(d.any() for d in dead)
