@@ -286,12 +286,12 @@ def output_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
     Walks back from each model output through non-prunable layers (activations,
     reshapes, ...) to the prunable layers that produce it. A subclassed model has
-    no graph: its last prunable layer is taken as the output layer.
+    no graph: one forward pass on zeros (at the shape it was built with) finds the
+    prunable layer called last, which is taken as the output layer.
     """
     outputs = getattr(model, "outputs", None)
     if not outputs:
-        layers = prunable_layers(model)
-        return layers[-1:]
+        return _last_called(model)
     found: list[keras.layers.Layer] = []
     seen: set[int] = set()
     stack = list(keras.tree.flatten(outputs))
@@ -315,6 +315,39 @@ def output_layers(model: keras.Model) -> list[keras.layers.Layer]:
         node = op._inbound_nodes[history[1]]
         stack.extend(keras.tree.flatten(node.input_tensors))
     return found
+
+
+def _last_called(model: keras.Model) -> list[keras.layers.Layer]:
+    """The prunable layer a subclassed model calls last (one pass on zeros)."""
+    layers = prunable_layers(model)
+    if len(layers) < 2:
+        return layers
+    shapes = list((getattr(model, "_build_shapes_dict", None) or {}).values())
+    order: list = []
+    if len(shapes) == 1 and shapes[0] is not None:
+        shape = tuple(1 if d is None else d for d in shapes[0])
+        for layer in layers:  # record the order of calls (instance attributes, removed after)
+
+            def wrapped(*args, _layer=layer, _call=layer.call, **kwargs):
+                order.append(_layer)
+                return _call(*args, **kwargs)
+
+            object.__setattr__(layer, "call", wrapped)
+        try:
+            model(np.zeros(shape, dtype=model.compute_dtype or "float32"), training=False)
+        except Exception:  # noqa: BLE001 - any failure means: not found
+            order.clear()
+        finally:
+            for layer in layers:
+                object.__delattr__(layer, "call")
+    if not order:
+        raise ValueError(
+            f"keras-gss cannot find the output layer of subclassed model '{model.name}' "
+            "(it is not built from a single input shape, or a call on zeros failed), so it "
+            "cannot keep it from being pruned. Build the model functionally or with "
+            "keras.Sequential, or call it once on a batch of data first."
+        )
+    return order[-1:]
 
 
 def _register_builtins() -> None:

@@ -131,3 +131,26 @@ def test_attach_warns_when_the_attention_term_starts_on_a_flat_kernel():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gss.attach(model, gss.GroupLasso(1e-3))  # no attention term: nothing to say
+
+
+def test_a_subclassed_model_whose_output_layer_is_created_first_keeps_its_head():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.head = keras.layers.Dense(2, name="head")  # created first, called last
+            self.hidden = keras.layers.Dense(8, activation="relu", name="hidden")
+
+        def call(self, x):
+            return self.head(self.hidden(x))
+
+    model = Net()
+    model(np.ones((1, 4), "float32"))
+    gss.attach(model)
+    assert model.head.kernel.regularizer is None and model.hidden.kernel.regularizer is not None
+    report = gss.prune(model, target_sparsity=0.5)
+    assert report["head"].zero_groups == 0 and report["hidden"].zero_groups > 0
+    unbuilt = Net()  # never called: no shape to trace it with
+    unbuilt.build((None, 4))
+    unbuilt._build_shapes_dict = {}
+    with pytest.raises(ValueError, match="cannot find the output layer of subclassed model"):
+        gss.attach(unbuilt)
