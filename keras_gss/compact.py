@@ -155,13 +155,7 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
     True
     """
     threshold = non_negative("threshold", threshold)
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"Invalid value for argument `model`. Expected a keras.Model. Received: {model!r}"
-        )
-    graph.graph_model(model)
-    if graph.has_nested(model):
-        model = graph.inline(model)
+    model = _flat(model)
     for layer in model.layers:
         for w in layer.weights:
             if not np.all(np.isfinite(ops.convert_to_numpy(w))):
@@ -169,20 +163,33 @@ def compact(model: keras.Model, threshold: float = 0.0) -> keras.Model:
                     f"compact: layer '{layer.name}' holds NaN or inf weights "
                     f"('{w.path}'); a NaN group is neither live nor dead. Fix the weights."
                 )
-    result = plan(model, threshold)
+    return _rebuild(model, plan(model, threshold).slices)
+
+
+def _flat(model) -> keras.Model:
+    """`model` as one flat graph model (nested models inlined); TypeError otherwise."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Invalid value for argument `model`. Expected a keras.Model. Received: {model!r}"
+        )
+    graph.graph_model(model)
+    return graph.inline(model) if graph.has_nested(model) else model
+
+
+def _rebuild(model: keras.Model, slices: dict) -> keras.Model:
+    """A copy of plain Keras layers, each sliced as `slices` says (id(layer) -> slices)."""
 
     def clone(op):
         if not isinstance(op, keras.layers.Layer):
             return op  # a keras.ops call: shape-agnostic, reused as it is
         config = _clean_config(op.get_config())
-        slices = result.slices.get(id(op))
-        if slices is not None:
-            config = dependency.handler_for(op).config(op, config, *slices)
+        if slices.get(id(op)) is not None:
+            config = dependency.handler_for(op).config(op, config, *slices[id(op)])
         return type(op).from_config(config)
 
     new = keras.models.clone_model(model, clone_function=clone)
     for old_layer, new_layer in zip(model.layers, new.layers):
-        weights = sliced_weights(old_layer, result.slices.get(id(old_layer)))
+        weights = sliced_weights(old_layer, slices.get(id(old_layer)))
         names = [_key(new_layer, w) for w in new_layer.weights]
         if not set(names) <= set(weights):  # unnamed weights (variable_N) renumber: by order
             names = list(weights)
@@ -205,20 +212,4 @@ def strip(model: keras.Model) -> keras.Model:
     >>> "keras_gss" in json.dumps(gss.strip(model).get_config())
     False
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"Invalid value for argument `model`. Expected a keras.Model. Received: {model!r}"
-        )
-    graph.graph_model(model)
-    if graph.has_nested(model):
-        model = graph.inline(model)
-
-    def clone(op):
-        if not isinstance(op, keras.layers.Layer):
-            return op
-        return type(op).from_config(_clean_config(op.get_config()))
-
-    new = keras.models.clone_model(model, clone_function=clone)
-    for old_layer, new_layer in zip(model.layers, new.layers):
-        new_layer.set_weights([ops.convert_to_numpy(w) for w in old_layer.weights])
-    return new
+    return _rebuild(_flat(model), {})

@@ -38,3 +38,13 @@ def compile_classifier(model, lr=1e-2):
         metrics=["accuracy"],
     )
     return model
+
+
+def randomize(model, seed=0, scale=0.3):
+    """Random weights, BatchNormalization variances in [0.5, 2) (positive)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if "moving_variance" in w.path:
+            w.assign(rng.uniform(0.5, 2.0, size=w.shape).astype("float32"))
+        else:
+            w.assign(rng.normal(scale=scale, size=w.shape).astype("float32"))

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import keras_gss as gss
+from tests.conftest import randomize
 
 L = keras.layers
 
@@ -21,15 +22,6 @@ def kill(layer, ids, bias=True):
     weight.assign(keras.ops.multiply(weight.value, full))
     if bias and getattr(layer, "bias", None) is not None:
         layer.bias.assign(keras.ops.multiply(layer.bias.value, mask))
-
-
-def randomize(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        if "moving_variance" in w.path:
-            w.assign(rng.uniform(0.5, 2.0, size=w.shape).astype("float32"))
-        else:
-            w.assign(rng.normal(scale=0.3, size=w.shape).astype("float32"))
 
 
 def assert_same_function(model, compact, input_shape):

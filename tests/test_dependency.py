@@ -9,19 +9,14 @@ import pytest
 
 import keras_gss as gss
 from keras_gss import dependency, graph
+from tests.conftest import randomize as _randomize
 
 L = keras.layers
 
 
 def randomize(model, seed=0):
-    """Random weights, and BatchNormalization statistics away from 0/1, so that a
-    channel left unpruned in a BN would show as a constant."""
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        if "moving_variance" in w.path:
-            w.assign(rng.uniform(0.5, 2.0, size=w.shape).astype("float32"))
-        else:
-            w.assign(rng.normal(scale=0.4, size=w.shape).astype("float32"))
+    """BatchNormalization statistics away from 0/1: an unpruned BN would show."""
+    _randomize(model, seed, scale=0.4)
 
 
 def units_by_family(model):
