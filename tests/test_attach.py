@@ -129,7 +129,7 @@ def test_attach_warns_when_the_attention_term_starts_on_a_flat_kernel():
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         gss.attach(model, gss.GroupLasso(1e-3))  # no attention term: nothing to say
 
 
