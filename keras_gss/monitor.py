@@ -224,12 +224,19 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         steps = (self.params or {}).get("steps")
-        if not self._next_batch or not self.prune or not steps or batch + 1 < self._next_batch:
+        if not self.prune or not steps:
+            return
+        if batch + 1 == steps:
+            # the epoch's pruning, after its last batch and before any callback's
+            # on_epoch_end: a BackupAndRestore listed first saves it too
+            self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state
+            self._prune(self._target_at(self._epoch + 1))
+            return
+        if not self._next_batch or batch + 1 < self._next_batch:
             return
         self._next_batch = ((batch + 1) // self.update_freq + 1) * self.update_freq
-        if batch + 1 < steps:  # the epoch end prunes the last batches
-            self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state
-            self._prune(self._target_at(self._epoch + (batch + 1) / steps))
+        self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state
+        self._prune(self._target_at(self._epoch + (batch + 1) / steps))
 
     def on_epoch_end(self, epoch, logs=None):
         self.model  # noqa: B018 - on JAX, reading `self.model` syncs trainer state

@@ -192,3 +192,24 @@ def test_weights_loaded_into_a_fresh_model_stay_pruned_after_attach(toy_data, tm
     for before, layer in zip(dead, fresh.layers):
         assert np.all(np.linalg.norm(layer.kernel.numpy(), axis=0)[before] == 0)
     assert any(d.any() for d in dead)
+
+
+def test_a_backup_listed_before_the_monitor_holds_the_epochs_pruning(toy_data, tmp_path):
+    x, y = toy_data
+    model = compile_classifier(mlp())
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
+    monitor = gss.SparsityMonitor(target_sparsity=0.7, end_epoch=0, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[backup, monitor])
+    pruned = gss.sparsity_report(model, threshold=0).zero_groups
+    assert pruned > 0
+
+    class Restored(keras.callbacks.Callback):
+        zero = None
+
+        def on_train_begin(self, logs=None):
+            Restored.zero = gss.sparsity_report(self.model, threshold=0).zero_groups
+
+    fresh = compile_classifier(mlp())  # BackupAndRestore restores the saved weights
+    backup2 = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    fresh.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[backup2, Restored()])
+    assert Restored.zero == pruned
