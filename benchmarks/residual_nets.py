@@ -177,9 +177,8 @@ def summarize(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     dense = {(r["net"], r["seed"]): r for r in rows if r["method"] == "dense"}
-    keys = sorted(
-        {(r["net"], r["level"], r["method"]) for r in rows if (r["net"], r["seed"]) in dense}
-    )
+    rows = [r for r in rows if (r["net"], r["seed"]) in dense]  # an interrupted seed: left out
+    keys = sorted({(r["net"], r["level"], r["method"]) for r in rows})
     for net, level, method in keys:
         group = [r for r in rows if (r["net"], r["level"], r["method"]) == (net, level, method)]
         acc = np.array([100 * r["accuracy"] for r in group])
