@@ -195,6 +195,7 @@ def attach(
         if activity_regularizer is not None:
             layer.activity_regularizer = activity_regularizer
         if proximal is not None:
+            _warn_low_precision(layer, weight)
             _set_proximal(layer, spec, weight, ProximalGroupLasso(proximal, spec.axis))
     if coupled:
         _couple(model, chosen, regularizer)
@@ -205,6 +206,17 @@ def attach(
     pruning.freeze_zero_groups(model, graph.describe(model))
     reset_traced_functions(model)
     return model
+
+
+def _warn_low_precision(layer, weight) -> None:
+    if weight.dtype in ("float16", "bfloat16"):
+        warnings.warn(
+            f"Layer '{layer.name}' keeps its kernel in {weight.dtype}: the proximal "
+            "step's shrink is below that dtype's resolution (about 1e-3 relative), so "
+            "only groups already under the step are zeroed. Keep variables in float32, "
+            "e.g. keras.mixed_precision.set_dtype_policy('mixed_float16').",
+            stacklevel=3,
+        )
 
 
 def _warn_flat_norms(chosen: list, regularizer) -> None:

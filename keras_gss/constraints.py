@@ -96,6 +96,10 @@ class ProximalGroupLasso(keras.constraints.Constraint):
     ``W_g <- W_g * max(0, 1 - strength * sqrt(size of g) / ||W_g||_2)``: group
     soft-thresholding, scaled by the group size so that layers of different
     fan-in shrink alike. Groups whose norm falls under the step become exactly 0.
+    The step is computed in float32; on a float16/bfloat16 variable a shrink
+    smaller than the dtype's resolution (about 1e-3 relative) rounds away and
+    only the zeroing acts, so `attach` warns: keep variables in float32
+    (`mixed_float16` does).
 
     Args:
         strength: shrinkage per step and per sqrt(weight), a float >= 0
@@ -121,7 +125,7 @@ class ProximalGroupLasso(keras.constraints.Constraint):
         step = self.strength * size**0.5
         scale = ops.maximum(0.0, 1.0 - step / ops.maximum(norms, step))
         scale = groups.broadcast_mask(scale, shape, self.group_axis)
-        return ops.multiply(w, ops.cast(scale, w.dtype))
+        return ops.cast(ops.multiply(ops.cast(w, "float32"), scale), w.dtype)
 
     def get_config(self) -> dict:
         return {"strength": self.strength, "group_axis": groups.axis_to_config(self.group_axis)}

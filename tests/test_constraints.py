@@ -57,6 +57,25 @@ def test_proximal_creates_exact_zeros_in_training(toy_data):
         gss.attach(mlp(), proximal=-1.0)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_proximal_on_low_precision_computes_in_float32_and_warns(dtype):
+    import ml_dtypes
+
+    np_dtype = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    w = np.random.default_rng(1).normal(scale=0.05, size=(16, 12)).astype(np_dtype)
+    w[:, 0] = 1e-3  # under the step: zeroed whatever the dtype
+    t = 0.002
+    out = keras.ops.convert_to_numpy(gss.ProximalGroupLasso(t)(keras.ops.convert_to_tensor(w)))
+    want = np_prox(w.astype("float32"), t, -1).astype(np_dtype)
+    assert str(out.dtype) == dtype
+    np.testing.assert_array_equal(out.astype("float32"), want.astype("float32"))
+    assert (out[:, 0] == 0).all() and (out[:, 1:] != 0).any()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, dtype=dtype, name="half"),
+                              keras.layers.Dense(2)])  # fmt: skip
+    with pytest.warns(UserWarning, match="'half' keeps its kernel in " + dtype):
+        gss.attach(model, gss.GroupLasso(1e-4), proximal=1e-4, skip_output=False)
+
+
 def test_proximal_refuses_to_replace_a_user_constraint():
     model = keras.Sequential([keras.Input((4,)),
                               keras.layers.Dense(3, kernel_constraint=keras.constraints.NonNeg(),
