@@ -8,7 +8,7 @@ Example:
 >>> model = gss.attach(model)  # GuidedStructuredSparsity on every hidden layer
 """
 
-from keras_gss import datasets, dependency, experiment, graph, groups, models, pruning
+from keras_gss import datasets, dependency, experiment, graph, groups, latency, models, pruning
 from keras_gss.attach import attach, detach
 from keras_gss.compact import compact, register_compaction, strip
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
@@ -24,6 +24,7 @@ from keras_gss.regularizers import (
 )
 from keras_gss.report import LayerSparsity, SparsityReport, model_stats, sparsity_report
 from keras_gss.schedules import AttentionWarmup
+from keras_gss.sensitivity import SensitivityTable, sensitivity
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "LayerSparsity",
     "ProximalGroupLasso",
     "SparsityMonitor",
+    "SensitivityTable",
     "SparsityReport",
     "attach",
     "compact",
@@ -47,6 +49,7 @@ __all__ = [
     "experiment",
     "graph",
     "groups",
+    "latency",
     "model_stats",
     "models",
     "prune",
@@ -54,6 +57,7 @@ __all__ = [
     "register_compaction",
     "register_handler",
     "register_layer",
+    "sensitivity",
     "sparsity_report",
     "strip",
 ]

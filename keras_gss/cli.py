@@ -1,5 +1,8 @@
 """`keras-gss train`: the paper's experiment in one command (also `python -m keras_gss`).
 
+`keras-gss inspect | compact | sensitivity` work on a model of your own
+(`keras_gss.cli_model`).
+
 Trains the paper's LeNet-like network on (Fashion-)MNIST with a chosen method,
 prunes it to a target sparsity, fine-tunes it, and writes a run folder:
 `pruned.keras` (with its masks: load it after `import keras_gss`),
@@ -19,6 +22,8 @@ import re
 import sys
 import time
 from pathlib import Path
+
+from keras_gss import cli_model
 
 # Picked by measurement (README, "The main job"): the benchmark's best recipe, scaled
 # to this budget (10,000 images x 3 epochs = 300 steps).
@@ -103,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip training the dense reference model")  # fmt: skip
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
     p.set_defaults(**DEFAULTS)
+    cli_model.add_parsers(sub)
     return parser
 
 
@@ -122,6 +128,8 @@ def _check(args) -> None:
     for name, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise SystemExit(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.command != "train":
+        return
     for name in ("epochs", "batch_size", "round_to", "min_live_groups"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
@@ -358,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     _check(args)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     start = time.perf_counter()
+    if args.command in cli_model.COMMANDS:
+        return cli_model.main(args)
     if args.command == "train":
         state: dict = {}
         try:

@@ -49,17 +49,17 @@ class SparsityMonitor(keras.callbacks.Callback):
     are already exactly zero (a reloaded or resumed model) are frozen too.
 
     With `target_sparsity`, the lowest-ranked live groups are pruned until that
-    fraction of all prunable kernel weights (or of FLOPs, `metric="flops"`) is
-    gone, ramped cubically from the start of `begin_epoch` to the end of
-    `end_epoch` (by default the last epoch of `fit`). With `update_freq=N` the
-    ramp also advances every N batches, so the network adapts to many small
-    cuts instead of a few large ones (Zhu & Gupta 2017); ending the ramp before
-    the last epoch leaves epochs to recover at the final sparsity. Groups
-    of different layers are ranked against each other by `ranking`: by default
-    their root-mean-square weight (`||W_g||_2 / sqrt(size of g)`), which favours
-    neither small nor large layers; `"hybrid"` divides it by the share of weights
-    and FLOPs the group frees (see `keras_gss.pruning`). The output layer's units
-    are never pruned, and every layer keeps at least one live group.
+    fraction of all prunable kernel weights (or of FLOPs, `metric="flops"`, or of
+    the predicted latency, `metric="latency"`) is gone, ramped cubically from the
+    start of `begin_epoch` to the end of `end_epoch` (by default the last epoch of
+    `fit`). With `update_freq=N` the ramp also advances every N batches, so the
+    network adapts to many small cuts instead of a few large ones (Zhu & Gupta
+    2017); ending the ramp before the last epoch leaves epochs to recover at the
+    final sparsity. Groups of different layers are ranked against each other by
+    `ranking`: by default their root-mean-square weight (`||W_g||_2 / sqrt(size of
+    g)`), which favours neither small nor large layers; `"hybrid"` divides it by the
+    share of weights and FLOPs the group frees (see `keras_gss.pruning`). The output
+    layer's units are never pruned, and every layer keeps at least one live group.
 
     Args:
         threshold: a group whose L2 norm is at or below this is zero (default 1e-3).
@@ -79,9 +79,11 @@ class SparsityMonitor(keras.callbacks.Callback):
             (default 1).
         relative_threshold: also prune groups whose norm is at or below this
             fraction of the largest group norm of their layer (default None).
-        ranking: `"rms"`, `"norm"`, `"hybrid"`, `"flops"` or `"auto"` (default "rms").
-        metric: what `target_sparsity` counts, `"weights"` or `"flops"`
-            (default "weights").
+        ranking: `"rms"`, `"norm"`, `"hybrid"`, `"flops"`, `"memory"`, `"latency"` or
+            `"auto"` (default "rms").
+        metric: what `target_sparsity` counts, `"weights"`, `"flops"` or
+            `"latency"` (the predicted latency, with `latency_table`) (default
+            "weights").
         min_live_groups: live groups every non-output layer keeps (default 1).
         round_to: every pruned layer keeps a multiple of this many live groups
             (default 1; 8 or 16 suit CPU kernels, see `keras_gss.prune`).
@@ -94,6 +96,9 @@ class SparsityMonitor(keras.callbacks.Callback):
             the target, never pruned (e.g. `["conv1", "conv2"]` to reach a FLOP
             target in the convolutions alone). Regularizers are `attach`'s
             business: this only limits what the monitor prunes.
+        latency_table: a `keras_gss.latency.LatencyTable` of this model (from
+            `keras_gss.latency.profile`): needed by `metric="latency"` and
+            `ranking="latency"`; with it the logs hold `gss_predicted_ms`.
 
     Example:
 
@@ -125,6 +130,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         round_to: int = 1,
         release: bool = False,
         layers=None,
+        latency_table=None,
     ):
         super().__init__()
         self.layers = graph.check_layers(layers)
@@ -133,6 +139,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.relative_threshold = fraction("relative_threshold", relative_threshold)
         self.ranking = pruning.check_choice("ranking", ranking, pruning.RANKINGS)
         self.metric = pruning.check_choice("metric", metric, pruning.METRICS)
+        self.latency_table = pruning.check_latency(metric, ranking, latency_table)
         int_at_least("begin_epoch", begin_epoch, 0)
         if end_epoch is not None:
             int_at_least("end_epoch", end_epoch, begin_epoch)
@@ -253,16 +260,21 @@ class SparsityMonitor(keras.callbacks.Callback):
         if target is not None and target == self.target_sparsity and not self._warned:
             self._warned = pruning.warn_if_unreached(
                 "SparsityMonitor", self._infos, report, target, self.metric,
-                self.min_live_groups, self.round_to, self.layers is not None,
+                self.min_live_groups, self.round_to, self.layers is not None, self.latency_table,
             )  # fmt: skip
         masks = [pruning.live_mask(i) & (n > self.threshold) for i, n in zip(self._infos, norms)]
-        flop_ratio = graph.flop_ratio(self._infos, graph.dead_groups(self._infos, masks))
+        dead = graph.dead_groups(self._infos, masks)
+        flop_ratio = graph.flop_ratio(self._infos, dead)
+        predicted = None
+        if self.latency_table is not None:
+            predicted = self.latency_table.predict_infos(self._infos, dead)
         record = {
             "epoch": int(epoch),
             "sparsity": report.sparsity,
             "group_sparsity": report.group_sparsity,
             "flop_ratio": flop_ratio,
             "target": target,
+            "predicted_ms": predicted,
             "released": self.released_epoch is not None,
             "layers": {row.layer: row.to_dict() for row in rows},
         }
@@ -270,6 +282,8 @@ class SparsityMonitor(keras.callbacks.Callback):
         if logs is not None:
             logs["gss_sparsity"] = report.sparsity
             logs["gss_group_sparsity"] = report.group_sparsity
+            if predicted is not None:
+                logs["gss_predicted_ms"] = predicted
             for row in rows:
                 logs[f"gss/{row.layer}/zeroed_groups"] = row.zero_groups
         if self.verbose:
@@ -277,6 +291,8 @@ class SparsityMonitor(keras.callbacks.Callback):
             if target is not None:
                 title += f" (target {target:.1%} of {self.metric})"
             title += f", FLOPs left {flop_ratio:.1%}"
+            if predicted is not None:
+                title += f", predicted {predicted:.3g} ms/batch"
             if self.released_epoch == epoch:
                 title += "; regularizers released"
             print(f"{title}\n{report}", flush=True)
@@ -297,6 +313,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         dead = pruning.select(
             self._infos, rows, norms, self.threshold, self.relative_threshold,
             target, self.metric, self.ranking, self.min_live_groups, self.round_to,
+            self.latency_table,
         )  # fmt: skip
         if any(d.any() for d in dead):
             self._apply(dead)

@@ -107,3 +107,19 @@ def dense_vs_compact(axes, rows: Mapping[str, Mapping[str, float]]) -> None:
         bars = ax.bar(labels, values, color=["#8c8c8c", "#2a9d8f", "#e76f51"][: len(labels)])
         ax.bar_label(bars, fmt="%.3g", fontsize="small")
         ax.set_title(quantity)
+
+
+def sensitivity(ax, table) -> None:
+    """Score against the fraction of groups pruned, one line per family of coupled
+    layers, from `keras_gss.sensitivity` (the dashed line: the unpruned score)."""
+    families: dict[str, list] = {}
+    for row in table.rows:
+        families.setdefault(row["family"], []).append(row)
+    for name, rows in families.items():
+        rows = sorted(rows, key=lambda r: r["level"])
+        levels = [0.0] + [r["level"] for r in rows]
+        ax.plot(levels, [table.baseline] + [r["score"] for r in rows], marker="o", label=name)
+    ax.axhline(table.baseline, color="k", linestyle="--", linewidth=0.8)
+    ax.set(xlabel="fraction of the family's groups pruned", ylabel="score (accuracy)")
+    ax.set_title("Sensitivity per family of coupled layers")
+    ax.legend(fontsize="small")

@@ -18,11 +18,15 @@ lowest score up:
   (a LeNet's first convolution holds 3 % of the FLOPs but two thirds of the
   activations). Comparing norms within each layer keeps a layer of large weights
   (a first convolution with one input channel) from being spared whole.
+- `"latency"`: rms divided by the fraction of the predicted latency that the
+  group's own slice saves at the layer's current live widths (a
+  `keras_gss.latency.LatencyTable` is needed): importance per millisecond.
 - `"auto"`: `"rms"` for weight targets, `"hybrid"` for FLOP targets (what the
-  benchmark measured to work best for each).
+  benchmark measured to work best for each), `"latency"` for latency targets.
 
-Targets are a fraction of zero prunable kernel weights (`metric="weights"`) or
-a fraction of FLOPs removed (`metric="flops"`, FLOPs left <= 1 - target).
+Targets are a fraction of zero prunable kernel weights (`metric="weights"`), a
+fraction of FLOPs removed (`metric="flops"`, FLOPs left <= 1 - target) or of the
+predicted latency removed (`metric="latency"`, with a `LatencyTable`).
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ from keras_gss.attach import reset_traced_functions
 from keras_gss.constraints import ElementMask, GroupMask
 from keras_gss.report import SparsityReport, measure_layer
 
-RANKINGS = ("rms", "norm", "hybrid", "flops", "memory", "auto")
-METRICS = ("weights", "flops")
+RANKINGS = ("rms", "norm", "hybrid", "flops", "memory", "latency", "auto")
+METRICS = ("weights", "flops", "latency")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -77,9 +81,25 @@ def measure(infos: list[graph.LayerInfo], threshold: float, check_finite: bool =
     return rows, norms
 
 
+def check_latency(metric: str, ranking: str, latency_table):
+    """The latency table, checked: needed (only) by the latency metric and ranking."""
+    if latency_table is not None and not hasattr(latency_table, "cost"):
+        raise TypeError(
+            "Invalid value for argument `latency_table`. Expected a "
+            f"keras_gss.latency.LatencyTable. Received: {latency_table!r}"
+        )
+    if "latency" in (metric, ranking) and latency_table is None:
+        raise ValueError(
+            f"metric={metric!r}, ranking={ranking!r} needs `latency_table`: pass "
+            "latency_table=keras_gss.latency.profile(model, batch_size=...)."
+        )
+    return latency_table
+
+
 def unit_scores(
-    infos: list[graph.LayerInfo], units: graph.Units, norms: list[np.ndarray], dead, ranking: str
-) -> np.ndarray:
+    infos: list[graph.LayerInfo], units: graph.Units, norms: list[np.ndarray], dead, ranking: str,
+    latency_table=None,
+) -> np.ndarray:  # fmt: skip
     """Score of every unit (lower is pruned first).
 
     A unit's norm is the L2 norm over the kernel slices of all its member groups
@@ -93,6 +113,8 @@ def unit_scores(
     rms = norm / np.sqrt(size)
     if ranking == "rms":
         return rms
+    if ranking == "latency":
+        return rms / np.maximum(units.gather(latency_saved(infos, dead, latency_table)), 1e-30)
     total_w = sum(info.weights for info in infos)
     total_f = sum(info.dense_flops for info in infos) or 1.0
     total_a = sum(info.groups * info.activations for info in infos) or 1.0
@@ -116,19 +138,32 @@ def unit_scores(
     return rms / np.maximum(cost, 1e-30)
 
 
+def latency_saved(infos: list[graph.LayerInfo], dead, latency_table) -> list[np.ndarray]:
+    """Per layer and group: the share of the predicted latency that removing one
+    output channel of the layer saves at its current live widths (its own slice)."""
+    cost, offset = latency_table.cost(infos)
+    widths = latency_table.widths(infos, dead)
+    total = offset + sum(cost(k, *w) for k, w in enumerate(widths))
+    out = []
+    for k, (info, (cin, cout)) in enumerate(zip(infos, widths)):
+        saved = cost(k, cin, cout) - cost(k, cin, max(cout - 1.0, 0.0))
+        out.append(np.full(info.groups, max(saved, 0.0) / max(total, 1e-30)))
+    return out
+
+
 def group_scores(
-    infos: list[graph.LayerInfo], norms: list[np.ndarray], dead, ranking: str
+    infos: list[graph.LayerInfo], norms: list[np.ndarray], dead, ranking: str, latency_table=None
 ) -> list[np.ndarray]:
     """Score of every group (its unit's score; lower is pruned first), one array per layer."""
     units = graph.Units(infos)
-    return units.scatter(unit_scores(infos, units, norms, dead, ranking), infos)
+    return units.scatter(unit_scores(infos, units, norms, dead, ranking, latency_table), infos)
 
 
 class _Budget:
     """Live counts, FLOPs and zero weights as units die, updated incrementally."""
 
-    def __init__(self, infos, dead_roots: np.ndarray):
-        self.infos, self.dead = infos, dead_roots.copy()
+    def __init__(self, infos, dead_roots: np.ndarray, cost=None):
+        self.infos, self.dead, self.cost_fn = infos, dead_roots.copy(), cost
         self.out_of: dict[int, list[int]] = {}
         self.in_of: dict[int, list[int]] = {}
         for i, info in enumerate(infos):
@@ -145,6 +180,8 @@ class _Budget:
 
     def _cost(self, k: int) -> float:
         info = self.infos[k]
+        if self.cost_fn is not None:
+            return self.cost_fn(k, self.in_live[k], self.out_live[k])
         fin = 1.0 if info.inputs is None else self.in_live[k] / info.inputs.size
         fout = self.out_live[k] / info.groups
         return info.input_flops * fin + (info.dense_flops - info.input_flops) * fin * fout
@@ -177,6 +214,7 @@ def select(
     ranking: str = "rms",
     min_live_groups: int = 1,
     round_to: int = 1,
+    latency_table=None,
 ) -> list[np.ndarray]:
     """Boolean arrays of live groups to prune now, one per layer.
 
@@ -239,34 +277,39 @@ def select(
     dead_units = doomed.copy()
     if target is not None:
         _target(infos, units, rows, norms, masks, dead_units, counts, target, metric, ranking,
-                min_live_groups, round_to, alive)  # fmt: skip
+                min_live_groups, round_to, alive, latency_table)  # fmt: skip
     slots_dead = units.scatter(dead_units, infos, fill=False)
     return [d & m for d, m in zip(slots_dead, masks)]
 
 
 def _target(infos, units, rows, norms, masks, dead_units, counts, target, metric, ranking,
-            min_live_groups, round_to, alive) -> None:  # fmt: skip
+            min_live_groups, round_to, alive, latency_table=None) -> None:  # fmt: skip
     """Add the lowest-scored live units to `dead_units` until `target` is met."""
     slot_masks = units.scatter(dead_units, infos, fill=False)
     dead_roots = graph.dead_groups(infos, [m & ~d for m, d in zip(masks, slot_masks)])
-    budget = _Budget(infos, dead_roots)
+    if metric == "latency":
+        cost, fixed = latency_table.cost(infos)
+        budget = _Budget(infos, dead_roots, cost)
+        dense_f = _Budget(infos, np.zeros_like(dead_roots), cost).flops + fixed
+    else:
+        budget = _Budget(infos, dead_roots)
+        fixed = graph.fixed_flops(infos)
+        dense_f = sum(info.dense_flops for info in infos) + fixed
     total_w = sum(row.weights for row in rows)
-    fixed = graph.fixed_flops(infos)
-    dense_f = sum(info.dense_flops for info in infos) + fixed
     nonzero = [groups.layer_group_nonzeros(info.layer) for info in infos]
     unit_nonzero = units.gather([n * m for n, m in zip(nonzero, masks)])
     zero_w = sum(row.zero_weights for row in rows) + int(unit_nonzero[dead_units].sum())
 
     def reached() -> bool:
-        if metric == "flops":
+        if metric in ("flops", "latency"):
             return budget.flops + fixed <= (1.0 - target) * dense_f * (1 + 1e-9)
         return zero_w >= math.ceil(target * total_w)
 
     if reached():
         return
     if ranking == "auto":
-        ranking = "hybrid" if metric == "flops" else "rms"
-    scores = unit_scores(infos, units, norms, budget.dead, ranking)
+        ranking = {"flops": "hybrid", "latency": "latency"}.get(metric, "rms")
+    scores = unit_scores(infos, units, norms, budget.dead, ranking, latency_table)
     candidates = []
     for f in range(units.families):
         rest = np.flatnonzero((units.family == f) & alive & ~dead_units)
@@ -425,18 +468,20 @@ def prune(
     min_live_groups: int = 1,
     round_to: int = 1,
     layers=None,
+    latency_table=None,
 ) -> SparsityReport:
     """Hard-prune whole groups of a trained model once, now.
 
     Args:
         model: a built Keras model.
         target_sparsity: fraction in [0, 1) of prunable kernel weights to zero
-            (`metric="weights"`) or of FLOPs to remove (`metric="flops"`); None
-            prunes by `threshold` only (default None).
+            (`metric="weights"`), of FLOPs to remove (`metric="flops"`) or of the
+            predicted latency to remove (`metric="latency"`); None prunes by
+            `threshold` only (default None).
         threshold: groups whose norm is at or below this are pruned (default 0).
-        metric: `"weights"` or `"flops"` (default "weights").
-        ranking: `"rms"`, `"norm"`, `"hybrid"`, `"flops"` or `"auto"` (default
-            "rms"); see the module docstring.
+        metric: `"weights"`, `"flops"` or `"latency"` (default "weights").
+        ranking: `"rms"`, `"norm"`, `"hybrid"`, `"flops"`, `"memory"`, `"latency"`
+            or `"auto"` (default "rms"); see the module docstring.
         freeze: hold pruned groups at zero in later training (default True).
         min_live_groups: live groups every layer keeps (default 1).
         round_to: every pruned layer keeps a multiple of this many live groups
@@ -447,6 +492,8 @@ def prune(
         layers: names or layer objects that may be pruned (default None: every
             prunable layer); the others still count in the target. The output
             layer's units are never pruned, named or not.
+        latency_table: a `keras_gss.latency.LatencyTable` of this model, needed
+            by `metric="latency"` and `ranking="latency"` (default None).
 
     Returns:
         The `SparsityReport` after pruning (exact zeros: threshold 0).
@@ -466,35 +513,46 @@ def prune(
     threshold = non_negative("threshold", threshold)
     check_choice("metric", metric, METRICS)
     check_choice("ranking", ranking, RANKINGS)
+    check_latency(metric, ranking, latency_table)
     min_live_groups = int_at_least("min_live_groups", min_live_groups, 1)
     round_to = int_at_least("round_to", round_to, 1)
     infos = graph.restrict(graph.describe(model), layers)
     rows, norms = measure(infos, threshold)
-    dead = select(
-        infos, rows, norms, threshold, None, target, metric, ranking, min_live_groups, round_to
-    )
+    dead = select(infos, rows, norms, threshold, None, target, metric, ranking,
+                  min_live_groups, round_to, latency_table)  # fmt: skip
     apply(model, infos, dead, freeze)
     rows, _ = measure(infos, 0.0, check_finite=False)
     report = SparsityReport(rows=tuple(rows), threshold=0.0)
     if target is not None:
         warn_if_unreached("prune", infos, report, target, metric, min_live_groups, round_to,
-                          layers is not None)  # fmt: skip
+                          layers is not None, latency_table)  # fmt: skip
     return report
 
 
-def reached(infos: list[graph.LayerInfo], report: SparsityReport, metric: str) -> float:
-    """The sparsity reached: of prunable weights, or of FLOPs (what compact removes)."""
-    if metric != "flops":
-        return report.sparsity
+def dead_now(infos: list[graph.LayerInfo]) -> np.ndarray:
+    """The coupled groups that are masked or exactly zero (what compact removes)."""
     _, norms = measure(infos, 0.0, check_finite=False)
     masks = [live_mask(info) & (n > 0) for info, n in zip(infos, norms)]
-    return 1.0 - graph.flop_ratio(infos, graph.dead_groups(infos, masks))
+    return graph.dead_groups(infos, masks)
+
+
+def reached(infos: list[graph.LayerInfo], report: SparsityReport, metric: str,
+            latency_table=None) -> float:  # fmt: skip
+    """The sparsity reached: of prunable weights, of FLOPs or of predicted latency
+    (what compact removes)."""
+    if metric == "flops":
+        return 1.0 - graph.flop_ratio(infos, dead_now(infos))
+    if metric == "latency":
+        dead = dead_now(infos)
+        dense = latency_table.predict_infos(infos, np.zeros_like(dead))
+        return 1.0 - latency_table.predict_infos(infos, dead) / dense
+    return report.sparsity
 
 
 def warn_if_unreached(owner, infos, report, target, metric, min_live_groups, round_to,
-                      named_layers: bool) -> bool:  # fmt: skip
+                      named_layers: bool, latency_table=None) -> bool:  # fmt: skip
     """Warn (and return True) when `target` is above what was reached."""
-    value = reached(infos, report, metric)
+    value = reached(infos, report, metric, latency_table)
     if value >= target - 1e-9:
         return False
     warnings.warn(

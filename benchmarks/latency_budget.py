@@ -1,0 +1,232 @@
+"""Pruning to a measured latency budget against pruning to the same FLOP ratio.
+
+For each net (the paper's LeNet, a ResNet-20-style and a MobileNetV2-style net on
+Fashion-MNIST) and seed: train the dense net; profile its LiteRT latency at batch
+1 and 32 (`keras_gss.latency.profile`); then for each budget of 1/2, 1/3 and 1/4
+of the dense latency, prune one-shot from the dense weights (widths a multiple
+of 8) to it with `metric="latency"` (importance per millisecond), and, for
+comparison, to the same nominal reduction of FLOPs (`metric="flops"`, the
+cost-aware ranking); fine-tune with the masks held, compact, and measure the
+compact model through LiteRT next to the dense one (alternating calls, medians).
+
+Targets (issue 24): the compact model's measured latency within 10 % of the
+budget; at equal measured latency, accuracy at least as high as FLOP-targeted
+pruning; the table's prediction within 15 % of the measured compact model.
+
+    python benchmarks/latency_budget.py --quick     # < 10 min on 2 cores
+    python benchmarks/latency_budget.py             # full data, 3 seeds
+
+Prints a table; writes results.json, table.md and latency_budget.png to --out.
+The latency tables are cached under --cache (not in git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_gss as gss  # noqa: E402
+from keras_gss import latency  # noqa: E402
+
+NETS = {
+    "lenet": gss.models.lenet,
+    "resnet20": gss.models.resnet20,
+    "mobilenetv2": gss.models.mobilenet_v2_small,
+}
+METHODS = ("latency", "flops")
+
+
+def compiled(model, lr):
+    model.compile(
+        keras.optimizers.Adam(lr),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def accuracy(model, x, y) -> float:
+    return float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(1) == y))
+
+
+def paired_ms(model_a, model_b, batch: int, repeats: int) -> tuple[float, float]:
+    """LiteRT medians of two models timed alternately, call by call."""
+    calls = [latency._litert_call(m, None) for m in (model_a, model_b)]
+    x = np.random.default_rng(0).random((batch, *model_a.inputs[0].shape[1:]), "float32")
+    for call in calls + calls:
+        call(x)
+    times: tuple[list, list] = ([], [])
+    for _ in range(repeats):
+        for call, out in zip(calls, times):
+            start = time.perf_counter()
+            call(x)
+            out.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times[0])), 1000 * float(np.median(times[1]))
+
+
+def run_net(net, seed, args, data, cache: Path) -> list[dict]:
+    (x, y), (xt, yt) = data
+    keras.utils.set_random_seed(seed)
+    dense = compiled(NETS[net](), args.lr)
+    dense.fit(x, y, batch_size=128, epochs=args.epochs, verbose=0)
+    weights = dense.get_weights()
+    dense_acc = accuracy(dense, xt, yt)
+    tables = {}
+    for batch in args.batches:
+        start = time.time()
+        path = cache / f"{net}-seed{seed}-b{batch}-{args.ladder_name}.json"
+        tables[batch] = latency.profile(dense, batch, "litert", ladder=args.ladder,
+                                        repeats=args.repeats, path=path, verbose=0)  # fmt: skip
+        print(f"  {net} b{batch}: profiled in {time.time() - start:.0f} s", flush=True)
+    rows = []
+    for k in args.budgets:
+        target = 1.0 - 1.0 / k
+        pruned = {}  # (method, batch) -> (model, accuracy); the FLOP one serves both batches
+        for method in METHODS:
+            for batch in args.batches if method == "latency" else args.batches[:1]:
+                keras.utils.set_random_seed(seed)
+                model = compiled(NETS[net](), args.lr / 10)
+                model.set_weights(weights)
+                table = tables[batch] if method == "latency" else None
+                gss.prune(model, target, metric=method, ranking="auto", round_to=8,
+                          latency_table=table)  # fmt: skip
+                model.fit(x, y, batch_size=128, epochs=args.finetune_epochs, verbose=0)
+                acc = accuracy(model, xt, yt)
+                for b in args.batches if method == "flops" else [batch]:
+                    pruned[(method, b)] = (model, acc)
+        for (method, batch), (model, acc) in pruned.items():
+            small = gss.compact(model)
+            dense_ms, small_ms = paired_ms(dense, small, batch, args.repeats)
+            predicted = tables[batch].predict(model)
+            rows.append({
+                "net": net, "seed": seed, "batch": batch, "budget": 1 / k, "method": method,
+                "accuracy": acc, "dense_accuracy": dense_acc, "dense_ms": dense_ms,
+                "ms": small_ms, "budget_ms": dense_ms / k, "predicted_ms": predicted,
+                "flop_ratio": gss.model_stats(small).flops / gss.model_stats(dense).flops,
+                "params": small.count_params(),
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    lines = [
+        "| net | batch | budget | method | measured / budget | accuracy % (drop) | "
+        "FLOPs left | predicted / measured |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["net"], r["batch"], -r["budget"], r["method"]) for r in rows})
+    for net, batch, budget, method in keys:
+        group = [r for r in rows if (r["net"], r["batch"], -r["budget"], r["method"]) ==
+                 (net, batch, budget, method)]  # fmt: skip
+        ratio = np.mean([r["ms"] / r["budget_ms"] for r in group])
+        acc = np.mean([100 * r["accuracy"] for r in group])
+        drop = np.mean([100 * (r["dense_accuracy"] - r["accuracy"]) for r in group])
+        flops = np.mean([r["flop_ratio"] for r in group])
+        pred = np.mean([r["predicted_ms"] / r["ms"] for r in group])
+        lines.append(
+            f"| {net} | {batch} | 1/{round(-1 / budget)} | {method} | {ratio:.2f} | "
+            f"{acc:.2f} ({drop:+.2f}) | {flops:.2f} | {pred:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = sorted({r["net"] for r in rows})
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(len(nets), len(batches), figsize=(5 * len(batches), 3.4 * len(nets)),
+                             squeeze=False)  # fmt: skip
+    for i, net in enumerate(nets):
+        for j, batch in enumerate(batches):
+            ax = axes[i][j]
+            for method, marker in zip(METHODS, "os"):
+                group = [r for r in rows if (r["net"], r["batch"], r["method"]) ==
+                         (net, batch, method)]  # fmt: skip
+                ax.scatter([r["dense_ms"] / r["ms"] for r in group],
+                           [100 * r["accuracy"] for r in group], marker=marker,
+                           label=f"{method} target")  # fmt: skip
+            for r in rows:
+                if (r["net"], r["batch"]) == (net, batch):
+                    ax.axvline(1 / r["budget"], color="0.85", linewidth=0.8, zorder=0)
+            ax.set(title=f"{net}, LiteRT batch {batch}", xlabel="measured speedup (x)",
+                   ylabel="test accuracy %")  # fmt: skip
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2,000 images, 1 epoch, 1 seed, "
+                   "budgets 1/2 and 1/4, a 3-point ladder")  # fmt: skip
+    p.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--limit", type=int, default=0, help="training images (0: all 60,000)")
+    p.add_argument("--epochs", type=int, default=3, help="dense training epochs")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4], help="1/k of dense")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", default="benchmarks/results/latency_budget")
+    p.add_argument("--cache", default="benchmarks/.cache/latency_budget")
+    args = p.parse_args(argv)
+    args.ladder, args.ladder_name = latency.LADDER, "full"
+    if args.quick:
+        args.limit, args.epochs, args.seeds, args.budgets = 2000, 1, 1, [2, 4]
+        args.repeats, args.ladder, args.ladder_name = 10, (0.25, 0.5, 1.0), "quick"
+    if keras.backend.backend() != "tensorflow":
+        raise SystemExit("latency_budget.py measures LiteRT: run it with KERAS_BACKEND=tensorflow")
+    (x, y), (xt, yt), source = gss.datasets.load(
+        "fashion_mnist", limit=args.limit or None, return_source=True
+    )
+    print(f"Data: {source.describe()}; {len(x)} training, {len(xt)} test images", flush=True)
+    out, cache = Path(args.out), Path(args.cache)
+    out.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    meta = {
+        "command": "python benchmarks/latency_budget.py " + " ".join(argv or sys.argv[1:]),
+        "commit": commit, "backend": keras.backend.backend(), "keras": keras.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "data": source.describe(),
+        "args": {k: v for k, v in vars(args).items()},
+    }  # fmt: skip
+    start = time.time()
+    rows = []
+    for seed in range(args.seeds):
+        for net in args.nets:
+            rows += run_net(net, seed, args, ((x, y), (xt, yt)), cache)
+            (out / "results.json").write_text(
+                json.dumps({"meta": meta, "rows": rows}, indent=1, default=list)
+            )
+    text = summarize(rows)
+    (out / "table.md").write_text(
+        f"Command: `{meta['command']}` at commit {commit[:10]}, {time.time() - start:.0f} s\n\n"
+        f"{text}\n"
+    )
+    figure(rows, out / "latency_budget.png")
+    print(text)
+    print(f"Done in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

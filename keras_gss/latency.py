@@ -1,0 +1,435 @@
+"""Measured latency of a model's prunable layers, as a lookup table.
+
+`profile` times every prunable layer alone, rebuilt at a ladder of input and
+output widths, through the runtime the model is deployed with (LiteRT, or the
+compiled Keras model), on this machine, and returns a `LatencyTable`. The
+predicted latency of a pruned model is `offset + scale * S`, `S` the sum of its
+layers' entries at their live widths (bilinear between ladder points), with
+`offset` and `scale` fitted to two whole models measured in the same run: the
+dense model and a compact copy with every prunable family cut to half its width
+(they absorb what single layers timed alone miss: element-wise ops, adds,
+pooling, the runtime's per-layer overhead). The table is JSON (`save`, `load`)
+and reusable; `prune(..., metric="latency")` and
+`SparsityMonitor(metric="latency")` prune to it.
+
+Example:
+
+>>> import keras, keras_gss as gss
+>>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64),
+...                           keras.layers.Dense(2)])
+>>> table = gss.latency.profile(model, batch_size=8, runtime="keras", repeats=3, verbose=0)
+>>> table.predict(model) > 0
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_gss import dependency, graph, groups
+from keras_gss._validate import int_at_least
+
+RUNTIMES = ("litert", "keras")
+LADDER = (0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclasses.dataclass
+class LatencyTable:
+    """Per-layer latency (ms per batch) at a ladder of widths, and the rest of the model.
+
+    `entries[key]` holds `{"in": widths, "out": widths, "ms": grid, "multiplier": m}`
+    (`grid[a][b]`: input width `in[a]`, output width `out[b]`; one row when the
+    input width is fixed; a depthwise layer (m >= 1) is timed at its input width,
+    which is its output width over m); `layers[name]` lists the entry keys of its
+    calls and `full[name]` its dense `[in, out]` widths.
+    """
+
+    batch_size: int
+    runtime: str
+    threads: int | None
+    dense_ms: float
+    entries: dict
+    layers: dict
+    full: dict
+    calibration: dict  # {"sum": [S dense, S half], "ms": [dense ms, half ms]}
+
+    # -- lookups -----------------------------------------------------------
+
+    def layer_ms(self, name: str, cin: float, cout: float) -> float:
+        """Latency of layer `name` at `cin` live inputs and `cout` live outputs."""
+        if name not in self.layers:
+            raise ValueError(
+                f"Layer '{name}' is not in this latency table (it holds {sorted(self.layers)}): "
+                "profile this model again with keras_gss.latency.profile."
+            )
+        return sum(_lookup(self.entries[key], cin, cout) for key in self.layers[name])
+
+    @property
+    def fit(self) -> tuple[float, float]:
+        """`(offset, scale)`: predicted ms = offset + scale * (sum of the entries)."""
+        (s0, s1), (m0, m1) = self.calibration["sum"], self.calibration["ms"]
+        if s0 - s1 <= 0.05 * s0 or m1 >= m0:
+            # nothing prunable, or timings that width barely moves (overhead-bound,
+            # noise): latency taken as proportional to the layers' entries
+            return 0.0, m0 / s0 if s0 > 0 else 1.0
+        scale = (m0 - m1) / (s0 - s1)
+        return m0 - scale * s0, scale
+
+    def cost(self, infos: list[graph.LayerInfo]):
+        """`(cost, offset)`: `cost(k, cin, cout)` the predicted ms charged to `infos[k]`
+        at those live widths; `offset` the part charged to no layer."""
+        for info in infos:
+            self.layer_ms(info.layer.name, 1, 1)  # unknown layers are named now
+        offset, scale = self.fit
+
+        def cost(k: int, cin: float | None, cout: float) -> float:
+            name = infos[k].layer.name
+            return scale * self.layer_ms(name, self.full[name][0] if cin is None else cin, cout)
+
+        return cost, offset
+
+    def widths(self, infos: list[graph.LayerInfo], dead: np.ndarray) -> list[tuple]:
+        """`(cin, cout)` live widths of every layer once the coupled groups `dead` go."""
+        out = []
+        for info in infos:
+            cin, cout = self.full[info.layer.name]
+            out.append((cin * info.in_fraction(dead), cout * info.out_fraction(dead)))
+        return out
+
+    def predict_infos(self, infos: list[graph.LayerInfo], dead: np.ndarray) -> float:
+        """Predicted ms per batch once the coupled groups `dead` are removed."""
+        cost, offset = self.cost(infos)
+        return offset + sum(cost(k, *w) for k, w in enumerate(self.widths(infos, dead)))
+
+    def predict(self, model: keras.Model) -> float:
+        """Predicted ms per batch of `model` with its zero groups removed (as `compact` does)."""
+        infos = graph.describe(model)
+        masks = [groups.group_norms_numpy(_kernel(i), i.spec.axis) > 0 for i in infos]
+        return self.predict_infos(infos, graph.dead_groups(infos, masks))
+
+    def fraction_for(self, ms: float) -> float:
+        """The `target_sparsity` (share of latency removed) that reaches `ms` per batch."""
+        if not (math.isfinite(ms) and 0 < ms <= self.dense_ms):
+            raise ValueError(
+                f"Invalid value for `ms`: {ms!r}. Expected a latency in (0, {self.dense_ms:.4g}] "
+                "ms, the dense model's."
+            )
+        return 1.0 - ms / self.dense_ms
+
+    # -- saving ------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatencyTable:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError(f"Not a keras-gss latency table: expected the keys {sorted(names)}.")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the table as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
+        """Read a table written by `save`."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"Cannot read a latency table from '{path}': {error}") from error
+        return cls.from_dict(data)
+
+
+def _kernel(info: graph.LayerInfo) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(groups.layer_weight(info.layer, info.spec).value))
+
+
+def _interp(xs, ys, x: float) -> float:
+    """Piecewise linear in `xs`; below the smallest width, proportional to the width."""
+    if x <= xs[0]:
+        return float(ys[0]) * max(x, 0.0) / xs[0]
+    return float(np.interp(x, xs, ys))
+
+
+def _lookup(entry: dict, cin: float, cout: float) -> float:
+    grid = entry["ms"]
+    if entry["multiplier"]:  # depthwise: its input channels are its groups / m
+        return _interp(entry["out"], grid[0], cout / entry["multiplier"])
+    if len(grid) == 1:  # the input width is fixed (the model's input, pinned)
+        return _interp(entry["out"], grid[0], cout)
+    return _interp(entry["in"], [_interp(entry["out"], row, cout) for row in grid], cin)
+
+
+def _ladder(full: int, fractions, round_to: int) -> list[int]:
+    widths = {max(1, min(full, round_to * math.ceil(f * full / round_to))) for f in fractions}
+    return sorted(widths | {full})
+
+
+# -- timing (backend-specific parts isolated here) ----------------------------
+
+
+def _litert_call(model: keras.Model, threads: int | None):
+    """Export `model` to LiteRT and return `call(x)` running its interpreter."""
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "runtime='litert' exports through the TensorFlow backend: set "
+            "KERAS_BACKEND=tensorflow, or use runtime='keras'."
+        )
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # tensorflow still ships it (deprecated)
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        quiet = logging.getLogger("tensorflow")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # "Assets written to ..." for every export
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.export(str(path), format="litert", verbose=False)
+        finally:
+            quiet.setLevel(level)
+        content = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = Interpreter(model_content=content, num_threads=threads or os.cpu_count())
+    inp = interpreter.get_input_details()[0]["index"]
+    shape: list = []
+
+    def call(x):
+        if list(x.shape) != shape:  # resized once per batch size, before timing
+            interpreter.resize_tensor_input(inp, list(x.shape))
+            interpreter.allocate_tensors()
+            shape[:] = x.shape
+        interpreter.set_tensor(inp, x)
+        interpreter.invoke()
+
+    return call
+
+
+def _keras_call(model: keras.Model, threads: int | None):
+    return model.predict_on_batch
+
+
+def time_ms(model: keras.Model, batch_size: int, runtime: str = "keras",
+            threads: int | None = None, repeats: int = 20) -> float:  # fmt: skip
+    """Median ms of one forward pass of `model` on a random batch of `batch_size`."""
+    call = (_litert_call if runtime == "litert" else _keras_call)(model, threads)
+    x = np.random.default_rng(0).random((batch_size, *model.inputs[0].shape[1:]), "float32")
+    for _ in range(2):
+        call(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+# -- profiling ----------------------------------------------------------------
+
+
+def _config(layer) -> dict:
+    """The layer's config for inference: no name, regularizer or constraint (masks)."""
+    config = layer.get_config()
+    config.pop("name", None)
+    for key in config:
+        if key.endswith(("_regularizer", "_constraint")):
+            config[key] = None
+    return config
+
+
+def _variant(call: dependency.Call, batch_size: int, cin: int, cout: int) -> keras.Model:
+    """The call's layer alone, rebuilt for `cin` input and `cout` output channels."""
+    layer, read = call.op, call.ins[0]
+    config = _config(layer)
+    handler = call.handler
+    if isinstance(handler, dependency.Producer):
+        config[handler.size_arg] = cout
+    shape = list(read.shape)
+    shape[0] = batch_size
+    shape[read.axis] = cin
+    x = keras.Input(batch_shape=tuple(shape), dtype=layer.compute_dtype)
+    return keras.Model(x, type(layer).from_config(config)(x))
+
+
+def _signature(call: dependency.Call, full: tuple) -> str:
+    config = _config(call.op)
+    return json.dumps([type(call.op).__name__, config, list(call.ins[0].shape[1:]),
+                       call.ins[0].axis, list(full)], sort_keys=True, default=str)  # fmt: skip
+
+
+def profile(
+    model: keras.Model,
+    batch_size: int = 1,
+    runtime: str = "litert",
+    threads: int | None = None,
+    ladder=LADDER,
+    round_to: int = 8,
+    repeats: int = 20,
+    path: str | os.PathLike | None = None,
+    verbose: int = 1,
+) -> LatencyTable:
+    """Time every prunable layer of `model` at a ladder of widths: a `LatencyTable`.
+
+    Args:
+        model: a built functional or Sequential model.
+        batch_size: the batch the latency is for (default 1).
+        runtime: `"litert"` (exported by `model.export(format="litert")`, run by the
+            LiteRT interpreter; TensorFlow backend) or `"keras"` (`predict_on_batch`).
+        threads: interpreter threads (default None: all cores).
+        ladder: fractions of each width to time (default 1/8, 1/4, 1/2, 3/4, 1),
+            rounded up to multiples of `round_to` (default 8).
+        repeats: timed calls per entry, the median kept (default 20).
+        path: a JSON file: loaded instead of profiling when it holds a table of
+            this model for the same batch, runtime and threads; written otherwise.
+        verbose: 1 shows a progress bar.
+
+    Layers of the same configuration and input shape are timed once. Input widths
+    are laddered only for layers that read pruned channels.
+    """
+    runtime = _choice("runtime", runtime, RUNTIMES)
+    batch_size = int_at_least("batch_size", batch_size, 1)
+    round_to = int_at_least("round_to", round_to, 1)
+    repeats = int_at_least("repeats", repeats, 1)
+    if threads is not None:
+        threads = int_at_least("threads", threads, 1)
+    fractions = sorted({float(f) for f in ladder})
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(
+            f"Invalid value for argument `ladder`: fractions in (0, 1]. Received: {ladder!r}"
+        )
+    infos = graph.describe(model)
+    if not infos or infos[0].dependency is None:
+        raise TypeError(
+            f"profile needs a functional or Sequential model with prunable layers; "
+            f"model '{model.name}' has none or no layer graph."
+        )
+    plan = _plan(infos, batch_size, fractions, round_to)
+    if path is not None and Path(path).exists():
+        cached = LatencyTable.load(path)
+        same = (cached.batch_size, cached.runtime, cached.threads) == (batch_size, runtime, threads)
+        if same and set(plan["keys"]) <= set(cached.entries) and cached.layers == plan["layers"]:
+            return cached
+    todo = [(key, a, b) for key, e in plan["entries"].items() for a in e["in"] for b in e["out"]
+            if len(e["in"]) > 1 or a == e["in"][0]]  # fmt: skip
+    bar = keras.utils.Progbar(len(todo) + 2, unit_name="timing") if verbose else None
+    ms: dict = {}
+    for key, a, b in todo:
+        entry = plan["entries"][key]
+        cin, cout = (b, b) if entry["multiplier"] else (a, b)
+        ms[(key, a, b)] = time_ms(_variant(entry["call"], batch_size, cin, cout),
+                                  batch_size, runtime, threads, repeats)  # fmt: skip
+        if bar:
+            bar.add(1)
+    entries = {}
+    for key, e in plan["entries"].items():
+        rows = e["in"] if len(e["in"]) > 1 else e["in"][:1]
+        grid = np.array([[ms[(key, a, b)] for b in e["out"]] for a in rows])
+        # more channels never take less time: a timing below a narrower one is noise
+        grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=0), axis=1).tolist()
+        entries[key] = {"in": e["in"] if len(rows) > 1 else [], "out": e["out"], "ms": grid,
+                        "multiplier": e["multiplier"]}  # fmt: skip
+    table = LatencyTable(batch_size, runtime, threads, 0.0, entries, plan["layers"],
+                         plan["full"], {"sum": [1.0, 1.0], "ms": [1.0, 1.0]})  # fmt: skip
+    dense = time_ms(model, batch_size, runtime, threads, repeats)
+    if bar:
+        bar.add(1)
+    half, dead = _half(model, infos, round_to)
+    half_ms = time_ms(half, batch_size, runtime, threads, repeats) if half else dense
+    if bar:
+        bar.add(1)
+    sums = [_sum(table, infos, np.zeros_like(dead)), _sum(table, infos, dead)]
+    table.dense_ms = dense
+    table.calibration = {"sum": sums, "ms": [dense, half_ms]}
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def _sum(table: LatencyTable, infos, dead) -> float:
+    return sum(table.layer_ms(i.layer.name, *w) for i, w in zip(infos, table.widths(infos, dead)))
+
+
+def _half(model: keras.Model, infos, round_to: int):
+    """A compact copy of `model` with every prunable family cut to about half its
+    width, and the coupled groups that go (None and no groups if none can)."""
+    from keras_gss import pruning
+    from keras_gss.compact import compact
+
+    units = graph.Units(infos)
+    doomed = np.zeros(len(units), dtype=bool)
+    for f in range(units.families):
+        free = np.flatnonzero((units.family == f) & units.prunable)
+        size = int((units.family == f).sum())
+        count = min(free.size, max(round_to * (size // 2 // round_to), size // 2))
+        if count >= size:  # every layer keeps a group
+            count = size - 1
+        doomed[free[:count]] = True
+    dead = np.zeros(graph.coupled_size(infos), dtype=bool)
+    dead[units.root[doomed]] = True
+    if not doomed.any():
+        return None, dead
+    saved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    try:
+        pruning.apply(model, infos, units.scatter(doomed, infos, fill=False), freeze=False)
+        small = compact(model)
+    finally:
+        for variable, value in zip(model.weights, saved):
+            variable.assign(value)
+    return small, dead
+
+
+def _plan(infos, batch_size, fractions, round_to) -> dict:
+    entries: dict = {}
+    layers: dict = {}
+    full: dict = {}
+    dep = infos[0].dependency
+    units = graph.Units(infos)
+    free = set(units.root[units.prunable].tolist())  # coupled groups that can go
+    for info in infos:
+        keys = []
+        out_free = bool(free.intersection(info.coupled.tolist()))
+        in_free = info.inputs is not None and bool(free.intersection(info.inputs.tolist()))
+        for call in dep.calls_of(info.layer):
+            cin, cout = len(call.ins[0].ids), len(call.outs[0].ids)
+            depthwise = isinstance(call.handler, dependency.Depthwise)
+            key = _signature(call, (cin, cout))
+            if key not in entries:
+                width = cin if depthwise else cout  # a depthwise layer: its input width
+                outs = _ladder(width, fractions, round_to) if out_free else [width]
+                ins = _ladder(cin, fractions, round_to) if in_free and not depthwise else [cin]
+                m = int(call.op.depth_multiplier) if depthwise else 0
+                entries[key] = {"call": call, "in": ins, "out": outs, "multiplier": m}
+            keys.append(key)
+        if not keys:
+            raise ValueError(f"Layer '{info.layer.name}' is not called in the model's graph.")
+        call = dep.calls_of(info.layer)[0]
+        layers[info.layer.name] = keys
+        full[info.layer.name] = [len(call.ins[0].ids), info.groups]
+    return {"entries": entries, "layers": layers, "full": full, "keys": list(entries)}
+
+
+def _choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of {choices}. "
+            f"Received: {name}={value!r}"
+        )
+    return value

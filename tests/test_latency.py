@@ -1,0 +1,184 @@
+"""Latency tables, the latency metric and ranking, checked against numpy on hand-made tables."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_gss as gss
+from keras_gss import graph, latency, pruning
+from tests.conftest import compile_classifier, mlp
+
+# hand-made costs, ms per batch: layer -> (ms per input x output channel)
+COST = {"a": 0.01, "b": 0.05}
+
+
+def chain():
+    x = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu", name="a")(x)
+    h = keras.layers.Dense(16, activation="relu", name="b")(h)
+    return keras.Model(x, keras.layers.Dense(2, name="out")(h))
+
+
+def hand_table(offset=0.5, scale=2.0):
+    """A table whose entries are COST * cin * cout on a ladder (exact between points:
+    bilinear in cin and cout), fitted to ms = offset + scale * sum."""
+    ladder = [4, 8, 12, 16]
+
+    def entry(c, ins):
+        return {"in": ins, "out": ladder,
+                "ms": [[c * i * o for o in ladder] for i in (ins or [8])],
+                "multiplier": 0}  # fmt: skip
+
+    last = {"in": ladder, "out": [2], "ms": [[0.0] for _ in ladder], "multiplier": 0}
+    entries = {"a": entry(COST["a"], []), "b": entry(COST["b"], ladder), "out": last}
+    full = {"a": [8, 16], "b": [16, 16], "out": [16, 2]}
+    dense_sum = COST["a"] * 8 * 16 + COST["b"] * 16 * 16
+    half_sum = COST["a"] * 8 * 8 + COST["b"] * 8 * 8
+    cal = {
+        "sum": [dense_sum, half_sum],
+        "ms": [offset + scale * dense_sum, offset + scale * half_sum],
+    }
+    return latency.LatencyTable(1, "keras", None, cal["ms"][0], entries,
+                                {n: [n] for n in full}, full, cal)  # fmt: skip
+
+
+def numpy_ms(live_a, live_b, offset=0.5, scale=2.0):
+    return offset + scale * (COST["a"] * 8 * live_a + COST["b"] * live_a * live_b)
+
+
+def test_prediction_matches_numpy_on_a_hand_made_table():
+    model, table = chain(), hand_table()
+    assert table.fit == pytest.approx((0.5, 2.0))
+    assert table.predict(model) == pytest.approx(numpy_ms(16, 16))
+    a, b = model.get_layer("a"), model.get_layer("b")
+    a.kernel.assign(np.concatenate([np.ones((8, 10)), np.zeros((8, 6))], 1).astype("float32"))
+    b.kernel.assign(np.concatenate([np.ones((16, 5)), np.zeros((16, 11))], 1).astype("float32"))
+    a.bias.assign(np.zeros(16, "float32"))
+    b.bias.assign(np.zeros(16, "float32"))
+    assert table.predict(model) == pytest.approx(numpy_ms(10, 5))
+    assert table.fraction_for(numpy_ms(10, 5)) == pytest.approx(
+        1 - numpy_ms(10, 5) / numpy_ms(16, 16)
+    )
+
+
+def test_latency_ranking_matches_numpy():
+    model, table = chain(), hand_table()
+    rng = np.random.default_rng(0)
+    for layer in model.layers[1:]:
+        layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    infos = graph.describe(model)
+    _, norms = pruning.measure(infos, 0.0)
+    none = np.zeros(graph.coupled_size(infos), dtype=bool)
+    scores = pruning.group_scores(infos, norms, none, "latency", table)
+    total = numpy_ms(16, 16)
+    # removing one output channel of a saves scale*COST_a*8 (its own slice), of b scale*COST_b*16
+    for k, (name, saved) in enumerate([("a", 2.0 * COST["a"] * 8), ("b", 2.0 * COST["b"] * 16)]):
+        kernel = model.get_layer(name).kernel.numpy()
+        rms = np.linalg.norm(kernel, axis=0) / np.sqrt(kernel.shape[0])
+        np.testing.assert_allclose(scores[k], rms / (saved / total), rtol=1e-6)
+
+
+def test_latency_target_prunes_the_expensive_layer_first_and_is_reached():
+    model, table = chain(), hand_table()
+    for layer in model.layers[1:]:  # equal weights: the cost decides
+        layer.kernel.assign(np.full(layer.kernel.shape, 0.1, "float32"))
+    report = gss.prune(model, 0.2, metric="latency", ranking="latency", latency_table=table)
+    a_zero, b_zero = report.rows[0].zero_groups, report.rows[1].zero_groups
+    assert a_zero == 0 and b_zero > 0
+    live_b = 16 - b_zero
+    assert numpy_ms(16, live_b) <= 0.8 * numpy_ms(16, 16) + 1e-9  # reached
+    assert numpy_ms(16, live_b + 1) > 0.8 * numpy_ms(16, 16)  # and no more than needed
+    assert pruning.reached(graph.describe(model), report, "latency", table) >= 0.2
+
+
+def test_latency_metric_errors_name_the_problem(tmp_path):
+    model = chain()
+    with pytest.raises(ValueError, match="needs `latency_table`"):
+        gss.prune(model, 0.2, metric="latency")
+    with pytest.raises(ValueError, match="needs `latency_table`"):
+        gss.SparsityMonitor(target_sparsity=0.2, metric="latency")
+    with pytest.raises(TypeError, match="LatencyTable"):
+        gss.prune(model, 0.2, metric="latency", latency_table={"a": 1})
+    other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="zz"),
+                              keras.layers.Dense(2, name="out")])  # fmt: skip
+    with pytest.raises(ValueError, match="'zz' is not in this latency table"):
+        gss.prune(other, 0.2, metric="latency", latency_table=hand_table())
+    with pytest.raises(ValueError, match="runtime"):
+        latency.profile(model, runtime="tpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        latency.profile(model, batch_size=0)
+    with pytest.raises(ValueError, match="ladder"):
+        latency.profile(model, ladder=(0.5, 1.5))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"entries": {}}))
+    with pytest.raises(ValueError, match="Not a keras-gss latency table"):
+        latency.LatencyTable.load(bad)
+    with pytest.raises(ValueError, match="Expected a latency"):
+        hand_table().fraction_for(-1.0)
+
+
+def test_profile_round_trip_cache_and_prediction(tmp_path, monkeypatch):
+    model = mlp(hidden=(512, 512), inputs=256)
+    path = tmp_path / "table.json"
+    table = latency.profile(model, batch_size=64, runtime="keras", repeats=5, path=path, verbose=0)
+    names = [info.layer.name for info in graph.describe(model)]
+    assert sorted(table.layers) == sorted(names)
+    assert table.full[names[0]] == [256, 512] and table.full[names[1]] == [512, 512]
+    for entry in table.entries.values():  # monotone in both widths
+        grid = np.array(entry["ms"])
+        assert (np.diff(grid, axis=1) >= 0).all() and (np.diff(grid, axis=0) >= 0).all()
+    assert table.predict(model) == pytest.approx(table.dense_ms)  # the fit passes through it
+    assert latency.LatencyTable.load(path) == table
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(latency, "time_ms", no_timing)
+    assert latency.profile(model, batch_size=64, runtime="keras", path=path, verbose=0) == table
+    monkeypatch.undo()
+    gss.prune(model, 0.5, metric="latency", latency_table=table, round_to=8)
+    predicted = table.predict(model)
+    measured = latency.time_ms(gss.compact(model), 64, "keras", repeats=10)
+    assert 0 < predicted <= table.dense_ms
+    assert measured / 4 < predicted < measured * 4  # a loose bound: not a timed test
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="LiteRT runs on TensorFlow")
+def test_litert_runtime_is_refused_by_name_off_tensorflow():
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
+        latency.profile(mlp(), runtime="litert", verbose=0)
+
+
+def test_depthwise_entries_follow_the_input_width():
+    x = keras.Input((8, 8, 16))
+    h = keras.layers.Conv2D(16, 1, name="expand")(x)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    model = keras.Model(x, keras.layers.Conv2D(4, 1, name="project")(h))
+    table = latency.profile(model, batch_size=2, runtime="keras", repeats=2, verbose=0)
+    (key,) = table.layers["dw"]
+    assert table.entries[key]["multiplier"] == 1 and table.entries[key]["out"][-1] == 16
+    assert table.full["dw"] == [16, 16]
+
+
+def test_monitor_prunes_to_a_latency_target_and_logs_the_prediction():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model, table = compile_classifier(chain()), hand_table()
+    monitor = gss.SparsityMonitor(target_sparsity=0.4, metric="latency", latency_table=table,
+                                  verbose=0)  # fmt: skip
+    history = model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
+    predicted = [record["predicted_ms"] for record in monitor.history]
+    assert predicted[-1] <= 0.6 * numpy_ms(16, 16) * (1 + 1e-9) < predicted[0]
+    live = [16 - row.zero_groups for row in gss.sparsity_report(model, 0.0).rows[:2]]
+    assert predicted[-1] == pytest.approx(numpy_ms(*live))
+    assert history.history["gss_predicted_ms"][-1] == pytest.approx(predicted[-1])
+
+
+def test_degenerate_calibration_falls_back_to_proportional():
+    table = hand_table()
+    s0 = table.calibration["sum"][0]
+    table.calibration = {"sum": [s0, s0 * 1.01], "ms": [2.0, 2.1]}  # width did not matter
+    assert table.fit == pytest.approx((0.0, 2.0 / s0))
