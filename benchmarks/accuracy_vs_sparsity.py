@@ -57,19 +57,35 @@ VARIANTS = {
     ),
     # pruned in small steps (every 50 batches) and at the level one epoch before the end
     "recipe-steps": R(
-        "group-lasso", lasso=2e-4, proximal=5e-6, ranking="auto", min_live_groups=4, gradual=True,
-        end_epoch=1, update_freq=50,
+        "group-lasso",
+        lasso=2e-4,
+        proximal=5e-6,
+        ranking="auto",
+        min_live_groups=4,
+        gradual=True,
+        end_epoch=1,
+        update_freq=50,
     ),  # fmt: skip
     # the ranking that also charges activation memory (FLOP targets only: it has no
     # weight share, so at a weight target it would strip the convolutions)
     "recipe-memory": R(
-        "group-lasso", lasso=2e-4, proximal=5e-6, ranking="memory", min_live_groups=4,
+        "group-lasso",
+        lasso=2e-4,
+        proximal=5e-6,
+        ranking="memory",
+        min_live_groups=4,
         gradual=True,
     ),  # fmt: skip
     # the fraction attention on top of the recipe: does an attention term add to it?
     "recipe-fraction": R(
-        "gss", lasso=5e-4, variance=5e-4, attention="fraction", keep=0.25, proximal=1e-5,
-        ranking="auto", min_live_groups=4,
+        "gss",
+        lasso=5e-4,
+        variance=5e-4,
+        attention="fraction",
+        keep=0.25,
+        proximal=1e-5,
+        ranking="auto",
+        min_live_groups=4,
     ),  # fmt: skip
 }
 # the same trained weights pruned with live widths a multiple of 8 (`round_to`):

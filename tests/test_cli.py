@@ -210,7 +210,8 @@ def test_benchmark_plans_the_memory_shape_variants_at_the_flop_level_only():
     assert bench.SCRATCH["scratch-steps-memory-min12"] == "recipe-steps-memory-min12"
     # a shape trained from scratch runs after the pruned run that gives it its widths
     assert jobs.index((1, "scratch-steps-memory-min12", 0.85, "flops")) > jobs.index(
-        (1, "recipe-steps-memory-min12", 0.85, "flops"))
+        (1, "recipe-steps-memory-min12", 0.85, "flops")
+    )
     assert bench.VARIANTS["scratch-steps-memory"].method == "dense"
     steps, memory = bench.VARIANTS["recipe-steps"], bench.VARIANTS["recipe-steps-memory"]
     assert memory.to_dict() == {**steps.to_dict(), "ranking": "memory"}
@@ -259,9 +260,10 @@ def test_train_keeps_a_non_empty_output_refuses_nan_and_an_unwritable_folder(tmp
         with pytest.raises(SystemExit, match=f"{flag} must be a finite number"):
             cli.main(["train", flag, value, "--output", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
-    assert "(default: 0.001)" in cli.build_parser()._subparsers._group_actions[0].choices[
-        "train"
-    ].format_help()
+    assert (
+        "(default: 0.001)"
+        in cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    )
 
 
 def test_an_interrupted_run_writes_its_report_and_exits_quietly(tmp_path, monkeypatch, capsys):

@@ -41,9 +41,14 @@ for shape in args.shapes:
         experiment.finetune(model, x, y, 0.25, 100, 1e-4, verbose=0)
         acc = experiment.accuracy(model, xt, yt)
         dense = json.loads((CACHE / f"dense-s{seed}.json").read_text())["accuracy_finetuned"]
-        row = {"shape": shape, "seed": seed, "accuracy_finetuned": acc,
-               "dense_accuracy_finetuned": dense, "drop_finetuned": 100 * (dense - acc),
-               "flop_ratio": model_stats(model).flops / dense_flops}
+        row = {
+            "shape": shape,
+            "seed": seed,
+            "accuracy_finetuned": acc,
+            "dense_accuracy_finetuned": dense,
+            "drop_finetuned": 100 * (dense - acc),
+            "flop_ratio": model_stats(model).flops / dense_flops,
+        }
         rows.append(row)
         out.write_text(json.dumps(rows, indent=1))
         print(json.dumps(row), flush=True)
@@ -54,6 +59,8 @@ for shape in args.shapes:
     acc = np.array([100 * r["accuracy_finetuned"] for r in mine])
     drop = np.array([r["drop_finetuned"] for r in mine])
     per = ", ".join(f"{d:.2f}" for d in drop)
-    print(f"| {shape} | {mine[0]['flop_ratio']:.3f} | {len(mine)} | {acc.mean():.2f} ± "
-          f"{acc.std(ddof=1):.2f} | {drop.mean():.2f} ± {drop.std(ddof=1):.2f} | {per} |")
+    print(
+        f"| {shape} | {mine[0]['flop_ratio']:.3f} | {len(mine)} | {acc.mean():.2f} ± "
+        f"{acc.std(ddof=1):.2f} | {drop.mean():.2f} ± {drop.std(ddof=1):.2f} | {per} |"
+    )
 sys.exit(0)
