@@ -5,9 +5,9 @@ output widths, through the runtime the model is deployed with (LiteRT, or the
 compiled Keras model), on this machine, and returns a `LatencyTable`. The
 predicted latency of a pruned model is `offset + scale * S`, `S` the sum of its
 layers' entries at their live widths (bilinear between ladder points), with
-`offset` and `scale` fitted to two whole models measured in the same run: the
-dense model and a compact copy with every prunable family cut to half its width
-(they absorb what single layers timed alone miss: element-wise ops, adds,
+`offset` and `scale` fitted (least squares) to whole models measured in the same
+run: the dense model and compact copies with every prunable family cut to a half
+and a quarter of its width (they absorb what single layers timed alone miss: element-wise ops, adds,
 pooling, the runtime's per-layer overhead). The table is JSON (`save`, `load`)
 and reusable; `prune(..., metric="latency")` and
 `SparsityMonitor(metric="latency")` prune to it.
@@ -62,7 +62,7 @@ class LatencyTable:
     entries: dict
     layers: dict
     full: dict
-    calibration: dict  # {"sum": [S dense, S half], "ms": [dense ms, half ms]}
+    calibration: dict  # {"sum": [S dense, S half, ...], "ms": [dense ms, half ms, ...]}
 
     # -- lookups -----------------------------------------------------------
 
@@ -78,13 +78,15 @@ class LatencyTable:
     @property
     def fit(self) -> tuple[float, float]:
         """`(offset, scale)`: predicted ms = offset + scale * (sum of the entries)."""
-        (s0, s1), (m0, m1) = self.calibration["sum"], self.calibration["ms"]
-        if s0 - s1 <= 0.05 * s0 or m1 >= m0:
+        sums = np.asarray(self.calibration["sum"], dtype=float)
+        ms = np.asarray(self.calibration["ms"], dtype=float)
+        s0, m0 = sums[0], ms[0]
+        if sums.size < 2 or s0 - sums[1:].min() <= 0.05 * s0 or ms[1:].max() >= m0:
             # nothing prunable, or timings that width barely moves (overhead-bound,
             # noise): latency taken as proportional to the layers' entries
             return 0.0, m0 / s0 if s0 > 0 else 1.0
-        scale = (m0 - m1) / (s0 - s1)
-        return m0 - scale * s0, scale
+        scale, offset = np.polyfit(sums, ms, 1)
+        return float(offset), float(scale)
 
     def cost(self, infos: list[graph.LayerInfo]):
         """`(cost, offset)`: `cost(k, cin, cout)` the predicted ms charged to `infos[k]`
@@ -351,13 +353,16 @@ def profile(
     dense = time_ms(model, batch_size, runtime, threads, repeats)
     if bar:
         bar.add(1)
-    half, dead = _half(model, infos, round_to)
-    half_ms = time_ms(half, batch_size, runtime, threads, repeats) if half else dense
+    sums, times = [_sum(table, infos, np.zeros(graph.coupled_size(infos), bool))], [dense]
+    for fraction in (0.5, 0.25):
+        small, dead = _narrowed(model, infos, round_to, fraction)
+        if small is not None:
+            sums.append(_sum(table, infos, dead))
+            times.append(time_ms(small, batch_size, runtime, threads, repeats))
     if bar:
         bar.add(1)
-    sums = [_sum(table, infos, np.zeros_like(dead)), _sum(table, infos, dead)]
     table.dense_ms = dense
-    table.calibration = {"sum": sums, "ms": [dense, half_ms]}
+    table.calibration = {"sum": sums, "ms": times}
     if path is not None:
         table.save(path)
     return table
@@ -367,9 +372,9 @@ def _sum(table: LatencyTable, infos, dead) -> float:
     return sum(table.layer_ms(i.layer.name, *w) for i, w in zip(infos, table.widths(infos, dead)))
 
 
-def _half(model: keras.Model, infos, round_to: int):
-    """A compact copy of `model` with every prunable family cut to about half its
-    width, and the coupled groups that go (None and no groups if none can)."""
+def _narrowed(model: keras.Model, infos, round_to: int, fraction: float):
+    """A compact copy of `model` with every prunable family cut to about `fraction`
+    of its width, and the coupled groups that go (None and no groups if none can)."""
     from keras_gss import pruning
     from keras_gss.compact import compact
 
@@ -378,7 +383,8 @@ def _half(model: keras.Model, infos, round_to: int):
     for f in range(units.families):
         free = np.flatnonzero((units.family == f) & units.prunable)
         size = int((units.family == f).sum())
-        count = min(free.size, max(round_to * (size // 2 // round_to), size // 2))
+        cut = int(size * (1 - fraction))
+        count = min(free.size, max(round_to * (cut // round_to), cut))
         if count >= size:  # every layer keeps a group
             count = size - 1
         doomed[free[:count]] = True
