@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.7])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed+1, ...")
     p.add_argument("--limit", type=int, help="training images (0: all 60,000; default all)")
     p.add_argument("--epochs", type=int, default=4, help="dense training epochs (default 4)")
     p.add_argument("--prune-epochs", type=int, default=2, help="pruning epochs (default 2)")
@@ -149,7 +150,8 @@ def main(argv=None) -> int:
         "args": vars(args),
     }  # fmt: skip
     rows = []
-    for seed in range(args.seeds):  # seed-major: partial results cover every net
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for seed in seeds:  # seed-major: partial results cover every net
         for net in args.nets:
             start = time.time()
             keras.utils.set_random_seed(seed)
