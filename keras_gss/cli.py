@@ -25,7 +25,7 @@ from pathlib import Path
 
 from keras_gss import cli_model
 
-# Picked by measurement (README, "The main job"): the benchmark's best recipe, scaled
+# Picked by measurement (docs/cli.md, "keras-gss train"): the benchmark's best recipe, scaled
 # to this budget (10,000 images x 3 epochs = 300 steps).
 DEFAULTS = {
     "dataset": "fashion_mnist",
@@ -136,7 +136,7 @@ def _check(args) -> None:
     for name in ("lr", "lasso", "variance", "threshold", "finetune_epochs", "proximal"):
         if getattr(args, name) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0")
-    if args.finetune_lr is None:  # measured: see "The main job" in the README
+    if args.finetune_lr is None:  # measured: see docs/cli.md
         args.finetune_lr = args.lr if args.method == "magnitude" else args.lr / 10
     elif args.finetune_lr <= 0:
         raise SystemExit("--finetune-lr must be > 0 (leave it out for the default)")
