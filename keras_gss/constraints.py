@@ -109,8 +109,8 @@ class ProximalGroupLasso(keras.constraints.Constraint):
     Example:
 
     >>> import numpy as np, keras_gss as gss
-    >>> w = np.array([[3.0, 1e-5], [4.0, 1e-5]])
-    >>> np.asarray(gss.ProximalGroupLasso(0.1)(w)).round(4).tolist()
+    >>> w = np.array([[3.0, 1e-5], [4.0, 1e-5]], "float32")
+    >>> np.asarray(gss.ProximalGroupLasso(0.1)(w), "float64").round(4).tolist()
     [[2.9151, 0.0], [3.8869, 0.0]]
     """
 

@@ -9,7 +9,7 @@ It logs (and returns, on request) which source it used.
 Example:
 
 >>> from keras_gss import datasets
->>> (x, y), (xt, yt) = datasets.load("mnist", limit=100)  # doctest: +SKIP
+>>> (x, y), (xt, yt) = datasets.load("mnist", limit=100)
 >>> x.shape, x.dtype
 ((100, 28, 28, 1), dtype('float32'))
 """

@@ -112,7 +112,7 @@ class LatencyTable:
     def predict_infos(self, infos: list[graph.LayerInfo], dead: np.ndarray) -> float:
         """Predicted ms per batch once the coupled groups `dead` are removed."""
         cost, offset = self.cost(infos)
-        return offset + sum(cost(k, *w) for k, w in enumerate(self.widths(infos, dead)))
+        return float(offset + sum(cost(k, *w) for k, w in enumerate(self.widths(infos, dead))))
 
     def predict(self, model: keras.Model) -> float:
         """Predicted ms per batch of `model` with its zero groups removed (as `compact` does)."""
