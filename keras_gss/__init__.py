@@ -8,7 +8,9 @@ Example:
 >>> model = gss.attach(model)  # GuidedStructuredSparsity on every hidden layer
 """
 
-from keras_gss import datasets, dependency, experiment, graph, groups, latency, models, pruning
+import importlib
+
+from keras_gss import dependency, graph, groups, latency, pruning
 from keras_gss.attach import attach, detach
 from keras_gss.compact import compact, register_compaction, strip
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
@@ -61,3 +63,14 @@ __all__ = [
     "sparsity_report",
     "strip",
 ]
+
+
+# The paper's experiment (its network, data loaders and training loop) is not the
+# library: imported on first use, e.g. `gss.models.lenet()`.
+_LAZY = ("datasets", "experiment", "models")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"keras_gss.{name}")
+    raise AttributeError(f"module 'keras_gss' has no attribute {name!r}")

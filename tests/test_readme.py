@@ -45,3 +45,14 @@ def test_docs_python_blocks_run(tmp_path, monkeypatch):
             exec(compile(block, str(page), "exec"), {"__name__": "__docs__"})
             found += 1
     assert found
+
+
+def test_the_experiment_is_not_imported_with_the_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, keras_gss as gss; lazy = ('experiment', 'datasets', 'models'); "
+            "print([m for m in lazy if 'keras_gss.' + m in sys.modules]); "
+            "print(gss.models.lenet().name)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.split("\n")[:2] == ["[]", "lenet"], out.stderr[-2000:]
