@@ -4,10 +4,12 @@ For each net (the paper's LeNet, a ResNet-20-style and a MobileNetV2-style net o
 Fashion-MNIST) and seed: train the dense net; profile its LiteRT latency at batch
 1 and 32 (`keras_gss.latency.profile`); then for each budget of 1/2, 1/3 and 1/4
 of the dense latency, prune one-shot from the dense weights (widths a multiple
-of 8) to it with `metric="latency"` (importance per millisecond), and, for
-comparison, to the same nominal reduction of FLOPs (`metric="flops"`, the
-cost-aware ranking); fine-tune with the masks held, compact, and measure the
-compact model through LiteRT next to the dense one (alternating calls, medians).
+of 8) to it: with `latency.prune_to_budget` (the table's prediction, `metric=
+"latency"`, corrected by measuring the compact model: `latency`), with the
+table alone (`latency-table`), and, for comparison, to the same nominal
+reduction of FLOPs (`metric="flops"`, the cost-aware ranking: `flops`);
+fine-tune with the masks held, compact, and measure the compact model through
+LiteRT next to the dense one (alternating calls, medians).
 
 Targets (issue 24): the compact model's measured latency within 10 % of the
 budget; at equal measured latency, accuracy at least as high as FLOP-targeted
@@ -44,7 +46,9 @@ NETS = {
     "resnet20": gss.models.resnet20,
     "mobilenetv2": gss.models.mobilenet_v2_small,
 }
-METHODS = ("latency", "flops")
+# latency: the table's prediction corrected by measured rounds (prune_to_budget);
+# latency-table: the table's prediction alone; flops: the same share of FLOPs
+METHODS = ("latency", "latency-table", "flops")
 
 
 def compiled(model, lr):
@@ -94,13 +98,19 @@ def run_net(net, seed, args, data, cache: Path) -> list[dict]:
         target = 1.0 - 1.0 / k
         pruned = {}  # (method, batch) -> (model, accuracy); the FLOP one serves both batches
         for method in METHODS:
-            for batch in args.batches if method == "latency" else args.batches[:1]:
+            for batch in args.batches if method != "flops" else args.batches[:1]:
                 keras.utils.set_random_seed(seed)
                 model = compiled(NETS[net](), args.lr / 10)
                 model.set_weights(weights)
-                table = tables[batch] if method == "latency" else None
-                gss.prune(model, target, metric=method, ranking="auto", round_to=8,
-                          latency_table=table)  # fmt: skip
+                if method == "latency":
+                    result = latency.prune_to_budget(model, tables[batch], speedup=k,
+                                                     round_to=8, repeats=args.repeats)  # fmt: skip
+                    print(f"    {net} b{batch} 1/{k}: rounds " + ", ".join(
+                        f"{r['target']:.3f}->{r['ms']:.3f} ms" for r in result.rounds))  # fmt: skip
+                else:
+                    table = tables[batch] if method == "latency-table" else None
+                    gss.prune(model, target, metric=method.split("-")[0], ranking="auto",
+                              round_to=8, latency_table=table)  # fmt: skip
                 model.fit(x, y, batch_size=128, epochs=args.finetune_epochs, verbose=0)
                 acc = accuracy(model, xt, yt)
                 for b in args.batches if method == "flops" else [batch]:
@@ -158,7 +168,7 @@ def figure(rows: list[dict], path: Path) -> None:
     for i, net in enumerate(nets):
         for j, batch in enumerate(batches):
             ax = axes[i][j]
-            for method, marker in zip(METHODS, "os"):
+            for method, marker in zip(METHODS, "o^s"):
                 group = [r for r in rows if (r["net"], r["batch"], r["method"]) ==
                          (net, batch, method)]  # fmt: skip
                 ax.scatter([r["dense_ms"] / r["ms"] for r in group],

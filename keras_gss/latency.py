@@ -244,6 +244,117 @@ def time_ms(model: keras.Model, batch_size: int, runtime: str = "keras",
     return 1000.0 * float(np.median(times))
 
 
+@dataclasses.dataclass
+class BudgetResult:
+    """What `prune_to_budget` did: the budget, the dense latency measured, and per
+    round the `target` tried, the compact model's measured `ms` and its
+    `predicted` ms; `chosen` indexes the round applied to the model."""
+
+    budget_ms: float
+    dense_ms: float
+    rounds: list
+    chosen: int
+
+    @property
+    def ms(self) -> float:
+        """The measured latency of the compact model that was kept."""
+        return self.rounds[self.chosen]["ms"]
+
+
+def prune_to_budget(
+    model: keras.Model,
+    table: LatencyTable,
+    budget_ms: float | None = None,
+    speedup: float | None = None,
+    tolerance: float = 0.1,
+    max_rounds: int = 6,
+    repeats: int = 20,
+    **prune_kwargs,
+) -> BudgetResult:
+    """Prune to a *measured* latency: predict with `table`, compact, measure, correct.
+
+    Each round prunes the weights as they were given (restored between rounds) with
+    `prune(..., metric="latency")`, times the compact model through the table's
+    runtime at its batch size, and corrects the target (rescaled by `budget /
+    measured`, then by the secant through the two nearest rounds) until the
+    measurement is within `tolerance` of the budget (or `max_rounds`). The round
+    nearest the budget without exceeding it by more than `tolerance` (else the
+    fastest) is applied, with masks.
+
+    Args:
+        model: the model to prune (in place).
+        table: its `LatencyTable` (`profile`).
+        budget_ms: the latency to reach, ms per batch; or
+        speedup: the dense latency measured now over this (e.g. 3.0 for 3x faster).
+        tolerance: relative distance to the budget that ends the search (default 0.1).
+        max_rounds: prune-compact-measure rounds at most (default 6).
+        repeats: timed calls per measurement (median).
+        **prune_kwargs: passed to `keras_gss.prune` (`round_to`, `layers`, ...).
+
+    Returns:
+        A `BudgetResult`.
+    """
+    from keras_gss.compact import compact
+    from keras_gss.pruning import prune
+
+    if (budget_ms is None) == (speedup is None):
+        raise ValueError("prune_to_budget needs exactly one of `budget_ms` and `speedup`.")
+    if not 0 < tolerance < 1:
+        raise ValueError(f"Invalid value for argument `tolerance`: {tolerance!r}. Expected (0, 1).")
+    max_rounds = int_at_least("max_rounds", max_rounds, 1)
+    dense = time_ms(model, table.batch_size, table.runtime, table.threads, repeats)
+    goal = budget_ms if budget_ms is not None else dense / speedup
+    if not (math.isfinite(goal) and 0 < goal < dense):
+        raise ValueError(
+            f"The budget ({goal!r} ms) must be below the dense latency measured now "
+            f"({dense:.4g} ms per batch of {table.batch_size})."
+        )
+    saved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    prune_kwargs = {"ranking": "auto", **prune_kwargs, "metric": "latency", "latency_table": table}
+    target, rounds = 1.0 - goal / dense, []
+    try:
+        for _ in range(max_rounds):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an unreachable target is measured below
+                prune(model, target, freeze=False, **prune_kwargs)
+            ms = time_ms(compact(model), table.batch_size, table.runtime, table.threads, repeats)
+            rounds.append({"target": target, "ms": ms, "predicted": table.predict(model)})
+            _assign(model, saved)
+            if abs(ms / goal - 1.0) <= tolerance:
+                break
+            target = _next_target(rounds, goal)
+            if any(abs(r["target"] - target) < 1e-4 for r in rounds):
+                break  # the correction no longer changes what is pruned
+    finally:
+        _assign(model, saved)
+    fits = [k for k, r in enumerate(rounds) if r["ms"] <= goal * (1 + tolerance)]
+    chosen = (max(fits, key=lambda k: rounds[k]["ms"]) if fits
+              else min(range(len(rounds)), key=lambda k: rounds[k]["ms"]))  # fmt: skip
+    prune(model, rounds[chosen]["target"], **prune_kwargs)
+    return BudgetResult(goal, dense, rounds, chosen)
+
+
+def _next_target(rounds: list, goal: float) -> float:
+    """The next target: the secant through the two rounds nearest the goal when they
+    bracket or slope the right way, else the last target rescaled by goal / measured."""
+    last = rounds[-1]
+    guess = 1.0 - (1.0 - last["target"]) * goal / last["ms"]
+    if len(rounds) >= 2:
+        a, b = sorted(rounds, key=lambda r: abs(r["ms"] - goal))[:2]
+        if (
+            abs(b["target"] - a["target"]) > 1e-6
+            and (b["ms"] - a["ms"]) * (b["target"] - a["target"]) < 0
+        ):
+            slope = (b["ms"] - a["ms"]) / (b["target"] - a["target"])
+            guess = a["target"] + (goal - a["ms"]) / slope
+    return min(0.99, max(0.0, guess))
+
+
+def _assign(model: keras.Model, values: list) -> None:
+    for variable, value in zip(model.weights, values):
+        variable.assign(value)
+
+
 # -- profiling ----------------------------------------------------------------
 
 

@@ -184,3 +184,37 @@ def test_degenerate_calibration_falls_back_to_proportional():
     s0 = table.calibration["sum"][0]
     table.calibration = {"sum": [s0, s0 * 1.01], "ms": [2.0, 2.1]}  # width did not matter
     assert table.fit == pytest.approx((0.0, 2.0 / s0))
+
+
+def fake_ms(model, batch_size, runtime, threads=None, repeats=20):
+    """A deterministic 'measurement' that the hand-made table gets wrong: every
+    Dense kernel entry costs 1 us, plus 0.2 ms of overhead."""
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    return 0.2 + 0.001 * sum(int(np.prod(layer.kernel.shape)) for layer in dense)
+
+
+def test_prune_to_budget_corrects_the_table_with_measurements(monkeypatch):
+    monkeypatch.setattr(latency, "time_ms", fake_ms)
+    model, table = chain(), hand_table()
+    rng = np.random.default_rng(0)
+    for layer in model.layers[1:]:
+        layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    before = [w.numpy().copy() for w in model.weights]
+    dense = fake_ms(model, 1, "keras")
+    result = latency.prune_to_budget(model, table, speedup=1.6, tolerance=0.05)
+    assert result.dense_ms == pytest.approx(dense) and result.budget_ms == pytest.approx(dense / 1.6)
+    measured = fake_ms(gss.compact(model), 1, "keras")
+    assert measured == pytest.approx(result.ms)
+    assert abs(measured / result.budget_ms - 1) <= 0.05 or measured <= result.budget_ms
+    first = result.rounds[0]["ms"]
+    assert abs(first / result.budget_ms - 1) > 0.05  # the table alone missed
+    # the pruned groups are frozen, and the rest of the weights are the ones given
+    live = gss.sparsity_report(model, 0.0).rows
+    assert sum(row.zero_groups for row in live) > 0
+    for w, b in zip(model.weights, before):
+        kept = w.numpy() != 0
+        np.testing.assert_array_equal(w.numpy()[kept], b[kept])
+    with pytest.raises(ValueError, match="exactly one of"):
+        latency.prune_to_budget(model, table)
+    with pytest.raises(ValueError, match="below the dense latency"):
+        latency.prune_to_budget(chain(), table, budget_ms=1e9)
