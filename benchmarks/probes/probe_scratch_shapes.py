@@ -3,7 +3,7 @@ accuracy benchmark's full-mode protocol (full Fashion-MNIST, 3 epochs at lr 1e-3
 batch 100, then a quarter-epoch fine-tune at lr 1e-4), each seed's drop taken against
 the benchmark's cached dense reference of the same seed (trained on as long).
 
-    python probe_scratch_shapes.py 20/48/512/256 16/60/512/256 --seeds 5
+    python benchmarks/probes/probe_scratch_shapes.py 20/48/512/256 16/60/512/256 --seeds 5
 """
 
 import argparse
@@ -24,7 +24,9 @@ CACHE = Path("benchmarks/results/accuracy_vs_sparsity_finetune_lr/cache/b6be46b1
 p = argparse.ArgumentParser()
 p.add_argument("shapes", nargs="+")
 p.add_argument("--seeds", type=int, default=5)
-p.add_argument("--out", default="probe_scratch_shapes.json")
+p.add_argument(
+    "--out", default="benchmarks/results/accuracy_vs_sparsity_finetune_lr/probe_scratch_shapes.json"
+)
 args = p.parse_args()
 (x, y), (xt, yt) = datasets.load("fashion_mnist")
 dense_flops = model_stats(models.lenet()).flops

@@ -6,7 +6,7 @@ pruned run loses against its shape trained from scratch?
 The same steps as the benchmark's `experiment.train` + `prune_to` + `finetune`
 (seeds, data, epochs, rates), only `attach(..., layers=["conv1", "conv2"])`:
 
-    python probe_conv16_regularize_convs.py 0 1 2
+    python benchmarks/probes/probe_conv16_regularize_convs.py 0 1 2
 """
 
 import importlib.util
@@ -21,17 +21,16 @@ import keras  # noqa: E402
 from keras_gss import attach, datasets, experiment, models  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-spec = importlib.util.spec_from_file_location(
-    "bench", HERE.parents[2] / "benchmarks" / "accuracy_vs_sparsity.py"
-)
+RESULTS = HERE.parent / "results" / "accuracy_vs_sparsity_finetune_lr"
+spec = importlib.util.spec_from_file_location("bench", HERE.parent / "accuracy_vs_sparsity.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
-CACHE = HERE / "cache" / "b6be46b136"
+CACHE = RESULTS / "cache" / "b6be46b136"
 recipe = experiment.Recipe(
     **{**bench.VARIANTS["recipe-steps-memory-conv16"].to_dict(), "metric": "flops"}
 )
 (x, y), (xt, yt) = datasets.load("fashion_mnist")
-out = HERE / "probe_conv16_regularize_convs.json"
+out = RESULTS / "probe_conv16_regularize_convs.json"
 rows = json.loads(out.read_text()) if out.exists() else []
 for seed in [int(s) for s in sys.argv[1:]]:
     keras.utils.set_random_seed(seed)
