@@ -330,7 +330,17 @@ def prune_to_budget(
     fits = [k for k, r in enumerate(rounds) if r["ms"] <= goal * (1 + tolerance)]
     chosen = (max(fits, key=lambda k: rounds[k]["ms"]) if fits
               else min(range(len(rounds)), key=lambda k: rounds[k]["ms"]))  # fmt: skip
-    prune(model, rounds[chosen]["target"], **prune_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said once below, with the measurement
+        prune(model, rounds[chosen]["target"], **prune_kwargs)
+    if rounds[chosen]["ms"] > goal * (1 + tolerance):
+        warnings.warn(
+            f"prune_to_budget: the budget of {goal:.4g} ms was not reached; the compact "
+            f"model kept measures {rounds[chosen]['ms']:.4g} ms (dense {dense:.4g} ms). The "
+            "layers it may prune are at their floors (min_live_groups, round_to, layers=), "
+            "or more rounds are needed (max_rounds).",
+            stacklevel=2,
+        )
     return BudgetResult(goal, dense, rounds, chosen)
 
 

@@ -218,3 +218,11 @@ def test_prune_to_budget_corrects_the_table_with_measurements(monkeypatch):
         latency.prune_to_budget(model, table)
     with pytest.raises(ValueError, match="below the dense latency"):
         latency.prune_to_budget(chain(), table, budget_ms=1e9)
+
+
+def test_prune_to_budget_warns_when_the_budget_is_out_of_reach(monkeypatch):
+    monkeypatch.setattr(latency, "time_ms", fake_ms)
+    model, table = chain(), hand_table()
+    with pytest.warns(UserWarning, match="budget of 0.15 ms was not reached"):
+        result = latency.prune_to_budget(model, table, budget_ms=0.15, max_rounds=3)
+    assert result.ms > 0.15 * 1.1 and len(result.rounds) <= 3
