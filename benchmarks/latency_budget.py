@@ -38,6 +38,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from residual_nets import accuracy, compiled  # noqa: E402
+
 import keras_gss as gss  # noqa: E402
 from keras_gss import latency  # noqa: E402
 
@@ -49,19 +52,6 @@ NETS = {
 # latency: the table's prediction corrected by measured rounds (prune_to_budget);
 # latency-table: the table's prediction alone; flops: the same share of FLOPs
 METHODS = ("latency", "latency-table", "flops")
-
-
-def compiled(model, lr):
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def accuracy(model, x, y) -> float:
-    return float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(1) == y))
 
 
 def paired_ms(model_a, model_b, batch: int, repeats: int) -> tuple[float, float]:
