@@ -37,7 +37,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_gss import dependency, graph, groups
+from keras_gss import dependency, graph
 from keras_gss._validate import int_at_least
 
 RUNTIMES = ("litert", "keras")
@@ -116,9 +116,10 @@ class LatencyTable:
 
     def predict(self, model: keras.Model) -> float:
         """Predicted ms per batch of `model` with its zero groups removed (as `compact` does)."""
+        from keras_gss.pruning import dead_now
+
         infos = graph.describe(model)
-        masks = [groups.group_norms_numpy(_kernel(i), i.spec.axis) > 0 for i in infos]
-        return self.predict_infos(infos, graph.dead_groups(infos, masks))
+        return self.predict_infos(infos, dead_now(infos))
 
     def fraction_for(self, ms: float) -> float:
         """The `target_sparsity` (share of latency removed) that reaches `ms` per batch."""
@@ -153,10 +154,6 @@ class LatencyTable:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"Cannot read a latency table from '{path}': {error}") from error
         return cls.from_dict(data)
-
-
-def _kernel(info: graph.LayerInfo) -> np.ndarray:
-    return np.asarray(keras.ops.convert_to_numpy(groups.layer_weight(info.layer, info.spec).value))
 
 
 def _interp(xs, ys, x: float) -> float:
@@ -309,7 +306,7 @@ def prune_to_budget(
             f"The budget ({goal!r} ms) must be below the dense latency measured now "
             f"({dense:.4g} ms per batch of {table.batch_size})."
         )
-    saved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    saved = model.get_weights()
     prune_kwargs = {"ranking": "auto", **prune_kwargs, "metric": "latency", "latency_table": table}
     target, rounds = 1.0 - goal / dense, []
     try:
@@ -319,14 +316,14 @@ def prune_to_budget(
                 prune(model, target, freeze=False, **prune_kwargs)
             ms = time_ms(compact(model), table.batch_size, table.runtime, table.threads, repeats)
             rounds.append({"target": target, "ms": ms, "predicted": table.predict(model)})
-            _assign(model, saved)
+            model.set_weights(saved)
             if abs(ms / goal - 1.0) <= tolerance:
                 break
             target = _next_target(rounds, goal)
             if any(abs(r["target"] - target) < 1e-4 for r in rounds):
                 break  # the correction no longer changes what is pruned
     finally:
-        _assign(model, saved)
+        model.set_weights(saved)
     fits = [k for k, r in enumerate(rounds) if r["ms"] <= goal * (1 + tolerance)]
     chosen = (max(fits, key=lambda k: rounds[k]["ms"]) if fits
               else min(range(len(rounds)), key=lambda k: rounds[k]["ms"]))  # fmt: skip
@@ -358,11 +355,6 @@ def _next_target(rounds: list, goal: float) -> float:
             slope = (b["ms"] - a["ms"]) / (b["target"] - a["target"])
             guess = a["target"] + (goal - a["ms"]) / slope
     return min(0.99, max(0.0, guess))
-
-
-def _assign(model: keras.Model, values: list) -> None:
-    for variable, value in zip(model.weights, values):
-        variable.assign(value)
 
 
 # -- profiling ----------------------------------------------------------------
@@ -513,13 +505,12 @@ def _narrowed(model: keras.Model, infos, round_to: int, fraction: float):
     dead[units.root[doomed]] = True
     if not doomed.any():
         return None, dead
-    saved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    saved = model.get_weights()
     try:
         pruning.apply(model, infos, units.scatter(doomed, infos, fill=False), freeze=False)
         small = compact(model)
     finally:
-        for variable, value in zip(model.weights, saved):
-            variable.assign(value)
+        model.set_weights(saved)
     return small, dead
 
 

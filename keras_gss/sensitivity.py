@@ -150,7 +150,7 @@ def sensitivity(
     unit_norm = np.sqrt(units.gather([n**2 for n in norms]))
     none = np.zeros(graph.coupled_size(infos), dtype=bool)
     dense_ms = None if latency_table is None else latency_table.predict_infos(infos, none)
-    saved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    saved = model.get_weights()
     bar = keras.utils.Progbar(len(families) * len(checked) + 1) if verbose else None
     rows = []
     try:
@@ -181,11 +181,11 @@ def sensitivity(
                     else 1.0 - latency_table.predict_infos(infos, dead) / dense_ms,
                 }
                 rows.append(row)
-                _restore(model, saved)
+                model.set_weights(saved)
                 if bar:
                     bar.add(1)
     finally:
-        _restore(model, saved)
+        model.set_weights(saved)
     return SensitivityTable(baseline=baseline, rows=rows)
 
 
@@ -195,11 +195,6 @@ def _keep_one(dead_slots):
         if dead.all():
             dead[np.flatnonzero(dead)[-1]] = False
     return dead_slots
-
-
-def _restore(model: keras.Model, saved: list) -> None:
-    for variable, value in zip(model.weights, saved):
-        variable.assign(value)
 
 
 def _level(value: float) -> float:
