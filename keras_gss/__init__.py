@@ -10,7 +10,7 @@ Example:
 
 import importlib
 
-from keras_gss import dependency, graph, groups, latency, pruning
+from keras_gss import dependency, graph, groups, latency, pruning, recipes
 from keras_gss.attach import attach, detach
 from keras_gss.compact import compact, register_compaction, strip
 from keras_gss.constraints import GroupMask, ProximalGroupLasso
@@ -56,6 +56,7 @@ __all__ = [
     "models",
     "prune",
     "pruning",
+    "recipes",
     "register_compaction",
     "register_handler",
     "register_layer",

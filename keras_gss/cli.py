@@ -23,36 +23,27 @@ import sys
 import time
 from pathlib import Path
 
-from keras_gss import cli_model
+from keras_gss import cli_model, pruning, recipes
 
-# Picked by measurement (docs/cli.md, "keras-gss train"): the benchmark's best recipe, scaled
-# to this budget (10,000 images x 3 epochs = 300 steps).
+# The recipe's levers are `recipes.for_weights` at this budget (10,000 images x 3
+# epochs at batch 100 = 300 steps), declared there once; picked by measurement
+# (docs/cli.md, "keras-gss train").
+LIMIT, EPOCHS, BATCH_SIZE = 10000, 3, 100
+RECIPE = recipes.for_weights(0.9, epochs=EPOCHS, steps=LIMIT // BATCH_SIZE * EPOCHS)
+_LEVERS = ("method", "lasso", "variance", "attention", "keep", "proximal", "threshold",
+           "ranking", "metric", "begin_epoch", "update_freq", "round_to", "min_live_groups",
+           "release", "layers", "regularize")  # fmt: skip
 DEFAULTS = {
     "dataset": "fashion_mnist",
-    "method": "group-lasso",
-    "epochs": 3,
-    "batch_size": 100,
+    "epochs": EPOCHS,
+    "batch_size": BATCH_SIZE,
     "lr": 1e-3,
-    "lasso": 2e-4,
-    "variance": 1e-2,
-    "attention": "variance",
-    "keep": 0.25,
-    "proximal": 3e-5,
-    "threshold": 1e-3,
-    "target_sparsity": 0.9,
-    "ranking": "auto",
-    "metric": "weights",
-    "begin_epoch": 0,
-    "end_epoch": None,
-    "update_freq": 10,
-    "round_to": 1,
-    "min_live_groups": 4,
-    "release": False,
-    "layers": None,
-    "regularize": "all",
+    **{name: getattr(RECIPE, name) for name in _LEVERS},
+    "target_sparsity": RECIPE.target,
+    "end_epoch": None,  # one epoch before the end, as the recipe (from --epochs)
     "finetune_epochs": 1.0,
     "finetune_lr": None,
-    "limit": 10000,
+    "limit": LIMIT,
     "seed": 0,
     "output": "runs/latest",
 }
@@ -67,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--dataset", choices=["fashion_mnist", "mnist"])
-    p.add_argument("--method", choices=["gss", "group-lasso", "magnitude", "dense"])
+    p.add_argument("--method", choices=recipes.METHODS)
     p.add_argument("--epochs", type=int, help="regularized training epochs")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="Adam learning rate")
@@ -78,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proximal", type=float, help="proximal step strength; 0 disables")
     p.add_argument("--threshold", type=float, help="group norm at or below which a group is zero")
     p.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to zero")
-    p.add_argument("--ranking", choices=["rms", "norm", "hybrid", "flops", "memory", "auto"])
+    p.add_argument("--ranking", choices=[r for r in pruning.RANKINGS if r != "latency"])
     p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
     p.add_argument("--begin-epoch", type=int, help="epoch (0-based) the pruning ramp starts at")
     p.add_argument("--end-epoch", type=int, help="epoch (0-based) at whose end the target "
@@ -173,13 +164,11 @@ def _recipe(args):
     """The run's `Recipe`: the method and every lever the monitor prunes with."""
     import dataclasses
 
-    from keras_gss import experiment
-
-    names = {field.name for field in dataclasses.fields(experiment.Recipe)}
+    names = {field.name for field in dataclasses.fields(recipes.Recipe)} - {"target"}
     levers = {name: getattr(args, name) for name in names if hasattr(args, name)}
     levers["proximal"] = args.proximal or None  # 0 disables it
-    levers["gradual"] = args.method in ("gss", "group-lasso")  # pruned while it trains
-    return experiment.Recipe(**levers)
+    levers["gradual"] = args.method in ("gss", "group-lasso", "monitor")  # pruned while it trains
+    return recipes.Recipe(**levers)
 
 
 def run_train(args, state: dict | None = None) -> dict:
@@ -188,7 +177,7 @@ def run_train(args, state: dict | None = None) -> dict:
     state = {} if state is None else state
     import keras
 
-    from keras_gss import datasets, experiment, models, plot, pruning
+    from keras_gss import datasets, experiment, models, plot
     from keras_gss.groups import layer_group_norms
     from keras_gss.monitor import SparsityMonitor
     from keras_gss.report import model_stats, sparsity_report

@@ -46,6 +46,13 @@ from keras_gss.report import SparsityReport, measure_layer
 
 RANKINGS = ("rms", "norm", "hybrid", "flops", "memory", "latency", "auto")
 METRICS = ("weights", "flops", "latency")
+# How groups are chosen, declared once: `prune`, `select`, `SparsityMonitor` and
+# `recipes.Recipe` take their defaults from here (the recommended settings are the
+# named recipes of `keras_gss.recipes`).
+RANKING = "rms"
+METRIC = "weights"
+MIN_LIVE_GROUPS = 1
+ROUND_TO = 1
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -210,10 +217,10 @@ def select(
     threshold: float,
     relative_threshold: float | None = None,
     target: float | None = None,
-    metric: str = "weights",
-    ranking: str = "rms",
-    min_live_groups: int = 1,
-    round_to: int = 1,
+    metric: str = METRIC,
+    ranking: str = RANKING,
+    min_live_groups: int = MIN_LIVE_GROUPS,
+    round_to: int = ROUND_TO,
     latency_table=None,
 ) -> list[np.ndarray]:
     """Boolean arrays of live groups to prune now, one per layer.
@@ -462,11 +469,11 @@ def prune(
     model: keras.Model,
     target_sparsity: float | None = None,
     threshold: float = 0.0,
-    metric: str = "weights",
-    ranking: str = "rms",
+    metric: str = METRIC,
+    ranking: str = RANKING,
     freeze: bool = True,
-    min_live_groups: int = 1,
-    round_to: int = 1,
+    min_live_groups: int = MIN_LIVE_GROUPS,
+    round_to: int = ROUND_TO,
     layers=None,
     latency_table=None,
 ) -> SparsityReport:
