@@ -245,9 +245,10 @@ def for_flops(
     steps: int | None = None,
     layers=None,
     round_to: int = 8,
+    min_live_groups: int = 8,
 ) -> Recipe:
     """The recommended recipe for a FLOP target: the monitor alone (no
-    regularizer), ranked by `"memory"`, at least 8 live groups per layer, widths
+    regularizer), ranked by `"memory"`, `min_live_groups` per layer, widths
     a multiple of `round_to` (turns FLOPs into CPU time), on the same schedule as
     `for_weights`. Name the layers that hold the FLOPs in `layers` (LeNet: the
     two convolutions) where the others should keep their width.
@@ -256,7 +257,7 @@ def for_flops(
     True
     """
     return Recipe(
-        "monitor", ranking="memory", metric="flops", min_live_groups=8,
+        "monitor", ranking="memory", metric="flops", min_live_groups=min_live_groups,
         round_to=round_to, layers=layers, target=fraction("target", target),
         **_schedule(epochs, steps),
     )  # fmt: skip
