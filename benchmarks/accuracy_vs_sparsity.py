@@ -9,7 +9,9 @@ again. Structured methods are also pruned to FLOP targets (`F85` = 85% of FLOPs
 removed) for comparisons at equal FLOPs.
 
 Every (method, seed, level) result is cached as JSON, so a rerun skips what is
-done and the full mode can run in parts:
+done and the full mode can run in parts. The cache is committed as one file per
+experiment, `cache.json.gz` beside results.json (unpacked into the git-ignored
+`cache/` when a run starts, packed again when it ends):
 
     python benchmarks/accuracy_vs_sparsity.py --quick          # < 10 min, 2 cores
     python benchmarks/accuracy_vs_sparsity.py                  # full, resumable
@@ -20,9 +22,11 @@ Prints a markdown table last; writes results.json, table.md and accuracy_drop.pn
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -248,6 +252,35 @@ def plan(args):
 def live_units(model) -> dict:
     report = sparsity_report(model, threshold=0.0)
     return {row.layer: row.groups - row.zero_groups for row in report.rows}
+
+
+PACK = "cache.json.gz"
+
+
+def unpack_cache(out: Path) -> int:
+    """Write the cached results of `out/cache.json.gz` into `out/cache/` where a file
+    is missing; returns how many were written."""
+    pack = out / PACK
+    if not pack.exists():
+        return 0
+    written = 0
+    for name, content in json.loads(gzip.decompress(pack.read_bytes())).items():
+        file = out / "cache" / name
+        if not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(json.dumps(content, indent=1))
+            written += 1
+    return written
+
+
+def pack_cache(out: Path) -> int:
+    """Pack every JSON file under `out/cache/` into `out/cache.json.gz` (one
+    committed file per experiment); returns how many were packed."""
+    files = sorted((out / "cache").rglob("*.json"))
+    data = {f.relative_to(out / "cache").as_posix(): json.loads(f.read_text()) for f in files}
+    blob = json.dumps(data).encode()
+    (out / PACK).write_bytes(gzip.compress(blob, mtime=0))
+    return len(files)
 
 
 def run(args) -> list[dict]:
@@ -554,7 +587,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    unpack_cache(args.out)
     results = run(args)
+    pack_cache(args.out)
     cache = args.out / "cache" / config_id(args)
     dense = [json.loads(f.read_text()) for f in sorted(cache.glob("dense-s*.json"))][: args.seeds]
     agg = aggregate(results)
@@ -568,11 +603,16 @@ def main(argv=None) -> int:
     command = "python benchmarks/accuracy_vs_sparsity.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=False).stdout.strip()  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(
-        {"command": command.strip(), "config": {k: str(v) for k, v in vars(args).items()},
+        {"command": command.strip(), "commit": commit,
+         "config": {k: str(v) for k, v in vars(args).items()},
          "dense": dense, "aggregate": agg, "results": results,
          "wall_seconds": time.perf_counter() - started}, indent=1))  # fmt: skip
-    (args.out / "table.md").write_text(f"Command: `{command.strip()}`\n\n{table}\n")
+    (args.out / "table.md").write_text(
+        f"Command: `{command.strip()}` at {commit[:10]}\n\n{table}\n"
+    )
     shown = [*CORE, "gss-fraction"]  # the paper's figure, plus the best levers
     weight_rows = [a for a in agg if a["metric"] == "weights" and a["method"] in shown]
     if weight_rows:

@@ -25,6 +25,7 @@ RESULTS = HERE.parent / "results" / "accuracy_vs_sparsity_finetune_lr"
 spec = importlib.util.spec_from_file_location("bench", HERE.parent / "accuracy_vs_sparsity.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
+bench.unpack_cache(RESULTS)  # the benchmark's cache, committed packed (cache.json.gz)
 CACHE = RESULTS / "cache" / "b6be46b136"
 recipe = experiment.Recipe(
     **{**bench.VARIANTS["recipe-steps-memory-conv16"].to_dict(), "metric": "flops"}

@@ -19,7 +19,12 @@ import numpy as np  # noqa: E402
 from keras_gss import datasets, experiment, models  # noqa: E402
 from keras_gss.report import model_stats  # noqa: E402
 
-CACHE = Path("benchmarks/results/accuracy_vs_sparsity_finetune_lr/cache/b6be46b136")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from accuracy_vs_sparsity import unpack_cache  # noqa: E402
+
+RESULTS = Path("benchmarks/results/accuracy_vs_sparsity_finetune_lr")
+unpack_cache(RESULTS)  # the benchmark's cache, committed packed (cache.json.gz)
+CACHE = RESULTS / "cache" / "b6be46b136"
 
 p = argparse.ArgumentParser()
 p.add_argument("shapes", nargs="+")

@@ -1,0 +1,28 @@
+"""The committed benchmark results are declared experiments: every file names the
+code version that produced it, no scripts or unpacked caches live under results."""
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tracked_results() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return [line for line in out.splitlines() if line]
+
+
+def test_every_result_file_names_its_commit():
+    table = (ROOT / "benchmarks" / "results" / "PROVENANCE.md").read_text()
+    listed = dict(re.findall(r"^\| (\S+) \| ([0-9a-f]{7,10}) \|", table, flags=re.M))
+    files = [f.removeprefix("benchmarks/results/") for f in tracked_results()]
+    missing = [f for f in files if f != "PROVENANCE.md" and f not in listed]
+    assert files and not missing, f"run `python benchmarks/provenance.py`; missing: {missing}"
+
+
+def test_no_scripts_or_unpacked_caches_under_results():
+    files = tracked_results()
+    assert not [f for f in files if f.endswith((".py", ".sh", ".ipynb"))]
+    assert not [f for f in files if "/cache/" in f]  # packed: one cache.json.gz per experiment
