@@ -118,18 +118,10 @@ def attach(
             them (default False: each kernel on its own). Not saved with the
             model; the proximal step stays per kernel.
 
-    The default regularizer is the paper's. What won our benchmark (README,
-    "Benchmark: accuracy vs sparsity") is a weaker plain group lasso with a
-    proximal step, pruned with cost-aware ranking:
-    `attach(model, GroupLasso(2e-4), proximal=5e-6)` for about 1,800 steps (keep
-    `proximal x steps` near 0.01), pruned while it trains, in small steps and
-    at the target one epoch before the end, by `SparsityMonitor(target_sparsity=...,
-    ranking="auto", min_live_groups=4, update_freq=50, end_epoch=epochs - 2)`,
-    then `detach` and a short fine-tune at a tenth of the training rate. For a
-    FLOP target the benchmark did best with no regularizer at all: the monitor
-    alone, pruning only the convolutions (`metric="flops", ranking="memory",
-    min_live_groups=16, layers=[...]`); a regularizer there belongs on those
-    layers only (`layers=`).
+    The default regularizer is the paper's, which our benchmark measured worse
+    than a weak plain group lasso with a proximal step: the recommended settings
+    are `keras_gss.recipes.for_weights` (`recipe.attach(model)` calls this with
+    them) and, for a FLOP target, `recipes.for_flops` (no regularizer at all).
 
     Groups that are already exactly zero (in a layer that has live ones) get a
     `GroupMask`, so a pruned model whose weights were loaded into a fresh model
