@@ -48,8 +48,8 @@ NOTE = (
     "as long), benchmark names `recipe-steps` = `for_weights(0.9, epochs=3, steps=1800)` "
     '(threshold 0), `prune-steps-memory-conv16` = `for_flops(0.85, layers=["conv1", '
     '"conv2"], min_live_groups=16, round_to=1, steps=1800)`, `ssl`, `gss`, `magnitude`; '
-    "speedup of the compact model at batch 256. ResNet-20 rows: `residual_nets.py` (full data, "
-    'coupled groups, `ranking="memory"`, `round_to=8`).'
+    "speedup of the compact model at batch 256. ResNet-20 and MobileNetV2 rows: "
+    '`residual_nets.py` (full data, coupled groups, `ranking="memory"`, `round_to=8`).'
 )
 
 
@@ -81,22 +81,29 @@ def lenet_rows() -> list[dict]:
     return rows
 
 
-def resnet_rows() -> list[dict]:
+NETS = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
+
+
+def residual_rows() -> list[dict]:
+    """Full-data residual nets, every seed run so far, mean and sd per net,
+    method and level (drop against the dense net of the same seed)."""
     rows = []
     for path in sorted((RESULTS / "residual_nets_full").rglob("results.json")):
         rows += json.loads(path.read_text())["rows"]
-    dense = {r["seed"]: r for r in rows if r["method"] == "dense"}
+    dense = {(r["net"], r["seed"]): r for r in rows if r["method"] == "dense"}
     out = []
-    for method in RESNET:
-        for level in sorted({r["level"] for r in rows if r["method"] == method}):
-            group = [r for r in rows if (r["method"], r["level"]) == (method, level)]
-            drops = [100 * (dense[r["seed"]]["accuracy"] - r["accuracy"]) for r in group]
+    for net, method in [(n, m) for n in NETS for m in RESNET]:
+        mine = [r for r in rows if (r["net"], r["method"]) == (net, method)]
+        for level in sorted({r["level"] for r in mine}):
+            group = [r for r in mine if r["level"] == level]
+            base = [dense[(net, r["seed"])] for r in group]
+            drops = [100 * (d["accuracy"] - r["accuracy"]) for d, r in zip(base, group)]
             out.append({
-                "model": "ResNet-20", "method": method, "label": RESNET[method],
+                "model": NETS[net], "method": method, "label": RESNET[method],
                 "target": f"F{round(100 * level)}", "seeds": len(group),
                 "drop": float(np.mean(drops)), "drop_sd": float(np.std(drops)),
-                "flops_left": float(np.mean([r["flops"] / dense[r["seed"]]["flops"]
-                                             for r in group])),
+                "flops_left": float(np.mean([r["flops"] / d["flops"]
+                                             for d, r in zip(base, group)])),
                 "speedup": float(np.mean([r["speedup_b32"] for r in group])),
                 "speedup_runtime": "Keras b32",
             })  # fmt: skip
@@ -130,7 +137,7 @@ def table(lenet, resnet, apps) -> str:
     order = list(METHODS)
     for r in sorted(lenet, key=lambda r: (r["target"][0] == "F", order.index(r["method"]))):
         lines.append(_row("LeNet", r))
-    lines += [_row("ResNet-20", r) for r in resnet]
+    lines += [_row(r["model"], r) for r in resnet]
     speeds = [a["speedup"] for a in apps]
     left = [a["flops_left"] for a in apps]
     lines.append(
@@ -171,7 +178,10 @@ def figure(lenet, resnet, apps, path: Path) -> None:
         if fast:
             right.plot([r["flops_left"] for r in fast], [r["speedup"] for r in fast],
                        markers[method], ms=8, label=f"LeNet, {label}")  # fmt: skip
-    _errorbar(left, resnet, "D", "ResNet-20, keras-gss (coupled groups)")
+    for net, fmt in zip(NETS.values(), "DP"):
+        rows = [r for r in resnet if r["model"] == net and r["method"] == "monitor"]
+        if rows:
+            _errorbar(left, rows, fmt, f"{net}, keras-gss monitor alone (coupled groups)")
     left.set_yscale("log")
     left.set_xlabel("FLOPs left (fraction of dense)")
     left.set_ylabel("accuracy drop after fine-tune (points, log)")
@@ -197,7 +207,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lenet, resnet, apps = lenet_rows(), resnet_rows(), application_rows()
+    lenet, resnet, apps = lenet_rows(), residual_rows(), application_rows()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=False).stdout.strip()  # fmt: skip
     command = "python benchmarks/at_a_glance.py " + " ".join(argv or sys.argv[1:])
@@ -205,7 +215,7 @@ def main(argv=None) -> int:
     (out / "table.md").write_text(f"Command: `{command.strip()}` at {commit[:10]}\n\n{text}\n")
     (out / "results.json").write_text(json.dumps(
         {"meta": {"command": command.strip(), "commit": commit},
-         "lenet": lenet, "resnet20": resnet, "applications": apps}, indent=1))  # fmt: skip
+         "lenet": lenet, "residual_nets": resnet, "applications": apps}, indent=1))  # fmt: skip
     figure(lenet, resnet, apps, out / "at_a_glance.png")
     print(text)
     return 0

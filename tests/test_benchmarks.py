@@ -26,3 +26,11 @@ def test_no_scripts_or_unpacked_caches_under_results():
     files = tracked_results()
     assert not [f for f in files if f.endswith((".py", ".sh", ".ipynb"))]
     assert not [f for f in files if "/cache/" in f]  # packed: one cache.json.gz per experiment
+
+
+def test_readme_results_at_a_glance_are_the_committed_table():
+    table = (ROOT / "benchmarks" / "results" / "at_a_glance" / "table.md").read_text()
+    body = table.split("\n", 2)[2].strip()  # after the command line
+    readme = (ROOT / "README.md").read_text()
+    assert body in readme, "rerun `python benchmarks/at_a_glance.py` and paste its table"
+    assert "benchmarks/results/at_a_glance/at_a_glance.png" in readme
