@@ -207,7 +207,7 @@ def _schedule(epochs: int, steps: int | None) -> dict:
     return {
         "gradual": True,
         "end_epoch": max(epochs - 2, 0),
-        "update_freq": 10 * round(every / 10) if every >= 5 else max(1, int(every)),
+        "update_freq": max(10, 10 * round(every / 10)) if every >= 5 else max(1, int(every)),
     }
 
 

@@ -45,6 +45,15 @@ def test_the_cli_trains_with_the_weight_recipe_at_its_budget():
     assert expected.update_freq == 10 and expected.end_epoch == args.epochs - 2
 
 
+@pytest.mark.parametrize("steps", [1, 7, 36, 179, 180, 300, 359, 540, 1800, 10**6])
+def test_pruning_steps_scale_with_the_run(steps):
+    recipe = recipes.for_weights(0.5, epochs=2, steps=steps)
+    # every update_freq batches: about 36 pruning steps in the run, never 0
+    assert recipe.update_freq >= 1
+    assert steps / recipe.update_freq <= 36 * 2 or recipe.update_freq == 1
+    assert steps / recipe.update_freq >= 18 or recipe.update_freq <= 10
+
+
 def _live(model):
     return [
         int(np.sum(np.linalg.norm(keras.ops.convert_to_numpy(layer.kernel), axis=0) > 0))
