@@ -49,12 +49,13 @@ print(source.describe(), "|", len(x), "train /", len(xt), "test images")"""),
     md("""## 1. What GSS does to the group norms
 
 Train the network twice with the same seed: once plain (dense), once with the recipe that won
-our benchmark: group lasso plus a proximal step (`attach(..., proximal=...)`: group
-soft-thresholding after every optimizer update, which gives exact zeros). The paper's attention
-term is `gss.GuidedStructuredSparsity(lasso, variance)`; it did not beat plain group lasso in
-our benchmark (README). The histogram of group norms (root-mean-square weight per
-group, all layers) shows the point of the method: the regularized model splits its groups into
-a pile at exactly zero and a clearly alive rest."""),
+our benchmark for a weight target, `gss.recipes.for_weights`: a weak group lasso plus a
+proximal step (group soft-thresholding after every optimizer update, which gives exact zeros),
+pruned by the `SparsityMonitor` while it trains. The paper's two-term loss is
+`gss.recipes.paper(TARGET)` (or `gss.GuidedStructuredSparsity(lasso, variance)` by hand); it did
+not beat plain group lasso in our benchmark (README, "Results at a glance"). The histogram of
+group norms (root-mean-square weight per group, all layers) shows the point of the method: the
+regularized model splits its groups into a pile at exactly zero and a clearly alive rest."""),
     code("""def fresh():
     keras.utils.set_random_seed(SEED)
     return gss.models.lenet()
@@ -74,10 +75,11 @@ dense.fit(x, y, epochs=EPOCHS, batch_size=100, verbose=0)
 dense_acc = dense.evaluate(xt, yt, verbose=0)[1]
 
 model = fresh()
-gss.attach(model, gss.GroupLasso(2e-3), proximal=1e-4)
+recipe = gss.recipes.for_weights(TARGET, epochs=EPOCHS, steps=EPOCHS * (len(x) // 100))
+print(recipe)
+recipe.attach(model)               # GroupLasso(2e-4) + proximal step on the hidden layers
 compile_(model)
-monitor = gss.SparsityMonitor(target_sparsity=TARGET, begin_epoch=min(1, EPOCHS - 1),
-                              min_live_groups=4, verbose=0)
+(monitor,) = recipe.callbacks()    # the SparsityMonitor that prunes to TARGET while it trains
 history = model.fit(x, y, epochs=EPOCHS, batch_size=100, callbacks=[monitor], verbose=0)
 print(f"dense accuracy {dense_acc:.4f}")
 
@@ -151,7 +153,10 @@ for f in ("walkthrough_pruned.keras", "walkthrough_compact.keras"):
   `pruned.keras`, `compact.keras`, `report.json`, `history.csv`, `sparsity.png`).
 - `benchmarks/accuracy_vs_sparsity.py`: GSS vs group lasso vs magnitude pruning at 50-95 %
   sparsity, with an ablation of every lever; results in `benchmarks/results/`.
-- The README: the API of every public name, how to choose coefficients, limitations."""),
+- `gss.recipes.for_flops(target, ...)`: pruning for speed (a FLOP target), also on ResNets and
+  MobileNets (coupled channel groups); `gss.latency.prune_to_budget` for a measured latency.
+- The README: results at a glance and the API of every public name; `docs/` for the method,
+  choosing coefficients, deployment, the CLI and the FAQ."""),
 ]
 NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "To enable the")
 
