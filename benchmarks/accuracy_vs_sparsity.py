@@ -26,7 +26,6 @@ import gzip
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_gss import datasets, experiment, models, plot  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _meta  # noqa: E402
+
 from keras_gss.report import model_stats, sparsity_report  # noqa: E402
 
 R = experiment.Recipe
@@ -603,10 +606,10 @@ def main(argv=None) -> int:
     command = "python benchmarks/accuracy_vs_sparsity.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout.strip()  # fmt: skip
+    info = _meta.meta("accuracy_vs_sparsity.py", argv)
+    commit = info["commit"]
     (args.out / "results.json").write_text(json.dumps(
-        {"command": command.strip(), "commit": commit,
+        {"command": command.strip(), "commit": commit, "meta": info,
          "config": {k: str(v) for k, v in vars(args).items()},
          "dense": dense, "aggregate": agg, "results": results,
          "wall_seconds": time.perf_counter() - started}, indent=1))  # fmt: skip

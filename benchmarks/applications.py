@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _meta  # noqa: E402
 from inference_speed import compiled_forward, litert_forward, paired_ms  # noqa: E402
 
 import keras_gss as gss  # noqa: E402
@@ -157,24 +156,10 @@ def main(argv=None) -> int:
             row = {"model": name, "error": f"{type(error).__name__}: {error}"[:300]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    meta = {
-        "command": "python benchmarks/applications.py " + " ".join(argv or sys.argv[1:]),
-        "commit": commit,
-        "backend": keras.backend.backend(),
-        "keras": keras.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "target": args.target,
-        "repeats": args.repeats,
-    }
+    meta = _meta.meta("applications.py", argv, target=args.target, repeats=args.repeats)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     text = table(rows, args)
-    (out / "table.md").write_text(
-        f"Command: `{meta['command']}` at {commit[:10]} ({meta['backend']}, Keras "
-        f"{meta['keras']}, {meta['machine']})\n\n{text}\n"
-    )
+    (out / "table.md").write_text(f"{_meta.header(meta)}\n\n{text}\n")
     print(text)
     return 0 if not any("error" in r for r in rows) else 1
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _meta  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LENET = RESULTS / "accuracy_vs_sparsity_finetune_lr"
@@ -208,8 +210,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lenet, resnet, apps = lenet_rows(), residual_rows(), application_rows()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout.strip()  # fmt: skip
+    commit = _meta.commit()
     command = "python benchmarks/at_a_glance.py " + " ".join(argv or sys.argv[1:])
     text = table(lenet, resnet, apps)
     (out / "table.md").write_text(f"Command: `{command.strip()}` at {commit[:10]}\n\n{text}\n")

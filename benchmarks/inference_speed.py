@@ -16,7 +16,7 @@ removes.
     python benchmarks/inference_speed.py --quick     # < 3 min on 2 cores
     KERAS_BACKEND=jax python benchmarks/inference_speed.py --quick
 
-Prints a table last; writes inference_speed_<backend>.json.
+Prints a table last; writes results/inference_speed/<backend>.json and .md (--out).
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_gss as gss  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _meta  # noqa: E402
+
 from keras_gss import datasets, experiment  # noqa: E402
 
 # (row, level, metric, ranking): weight levels ranked by rms, the FLOP level by the
@@ -157,6 +161,33 @@ def trained_lenet(args, x, y):
     return model
 
 
+def table(backend: str, floor_ms: dict, rows: list[dict]) -> str:
+    """The markdown table of a run: per level and call path, latency and speedup."""
+    lines = [
+        f"{backend}; fixed cost of a call (floor), ms: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in floor_ms.items()),
+        "",
+        "| level | FLOP ratio (limit) | params dense -> compact | .keras KB | path "
+        "| ms b1 dense/compact | speedup b1 (share of limit; above floor) "
+        "| ms b256 dense/compact | speedup b256 (share) |",
+        "|" + "---|" * 9,
+    ]
+    for r in rows:
+        for path in PATHS:
+            b1, b256 = f"{path}_b1", f"{path}_b256"
+            lines.append(
+                f"| {r['level']} | {r['flop_ratio']:.3f} ({1 / r['flop_ratio']:.1f}x) "
+                f"| {r['params_dense']:,} -> {r['params_compact']:,} "
+                f"| {r['kb_dense']:.0f} -> {r['kb_compact']:.0f} | {path} "
+                f"| {r['ms_dense_' + b1]:.2f} / {r['ms_compact_' + b1]:.2f} "
+                f"| {r['speedup_' + b1]:.2f}x ({r['share_of_limit_' + b1]:.0%}; "
+                f"{r['speedup_above_floor_' + b1]:.2f}x) "
+                f"| {r['ms_dense_' + b256]:.1f} / {r['ms_compact_' + b256]:.1f} "
+                f"| {r['speedup_' + b256]:.2f}x ({r['share_of_limit_' + b256]:.0%}) |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -168,7 +199,8 @@ def main(argv=None) -> int:
         "the accuracy benchmark's recipe model",
     )
     p.add_argument("--limit", type=int, help="training images (default 10000; quick 2000)")
-    p.add_argument("--out", help="JSON path (default: results/inference_speed_<backend>.json)")
+    p.add_argument("--out", help="JSON path (default: results/inference_speed/<backend>.json); "
+                   "its table goes beside it as .md")  # fmt: skip
     p.add_argument(
         "--round-to", type=int, nargs="+", default=[1],
         help="prune each level once per value: live groups per layer a multiple of it "
@@ -176,7 +208,7 @@ def main(argv=None) -> int:
     )  # fmt: skip
     args = p.parse_args(argv)
     backend = keras.backend.backend()
-    args.out = args.out or f"benchmarks/results/inference_speed_{backend}.json"
+    args.out = args.out or f"benchmarks/results/inference_speed/{backend}.json"
     repeats = args.repeats or (10 if args.quick else 30)
     limit = args.limit or (2000 if args.quick else 10000)
     (x, y), (xt, _), source = datasets.load(
@@ -250,12 +282,13 @@ def main(argv=None) -> int:
             ),
             flush=True,
         )
+    info = _meta.meta("inference_speed.py", argv)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
             {
-                "command": "python benchmarks/inference_speed.py "
-                + " ".join(argv if argv is not None else sys.argv[1:]),
+                "command": info["command"],
+                "meta": info,
                 "backend": backend,
                 "weights": args.weights or f"trained {args.epochs} epoch(s) on {limit} images",
                 "repeats": repeats,
@@ -266,29 +299,9 @@ def main(argv=None) -> int:
             indent=1,
         )
     )
-    print(
-        f"\n{backend}; fixed cost of a call (floor), ms: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in floor_ms.items())
-    )
-    header = (
-        "| level | FLOP ratio (limit) | params dense -> compact | .keras KB | path "
-        "| ms b1 dense/compact | speedup b1 (share of limit; above floor) "
-        "| ms b256 dense/compact | speedup b256 (share) |"
-    )
-    print(header + "\n|" + "---|" * 9)
-    for r in rows:
-        for path in PATHS:
-            b1, b256 = f"{path}_b1", f"{path}_b256"
-            print(
-                f"| {r['level']} | {r['flop_ratio']:.3f} ({1 / r['flop_ratio']:.1f}x) "
-                f"| {r['params_dense']:,} -> {r['params_compact']:,} "
-                f"| {r['kb_dense']:.0f} -> {r['kb_compact']:.0f} | {path} "
-                f"| {r['ms_dense_' + b1]:.2f} / {r['ms_compact_' + b1]:.2f} "
-                f"| {r['speedup_' + b1]:.2f}x ({r['share_of_limit_' + b1]:.0%}; "
-                f"{r['speedup_above_floor_' + b1]:.2f}x) "
-                f"| {r['ms_dense_' + b256]:.1f} / {r['ms_compact_' + b256]:.1f} "
-                f"| {r['speedup_' + b256]:.2f}x ({r['share_of_limit_' + b256]:.0%}) |"
-            )
+    text = table(backend, floor_ms, rows)
+    Path(args.out).with_suffix(".md").write_text(f"{_meta.header(info)}\n\n{text}\n")
+    print("\n" + text)
     return 0
 
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _meta  # noqa: E402
 from residual_nets import accuracy, compiled  # noqa: E402
 
 import keras_gss as gss  # noqa: E402
@@ -204,15 +203,7 @@ def main(argv=None) -> int:
     out, cache = Path(args.out), Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    meta = {
-        "command": "python benchmarks/latency_budget.py " + " ".join(argv or sys.argv[1:]),
-        "commit": commit, "backend": keras.backend.backend(), "keras": keras.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "data": source.describe(),
-        "args": {k: v for k, v in vars(args).items()},
-    }  # fmt: skip
+    meta = _meta.meta("latency_budget.py", argv, data=source.describe(), args=vars(args))
     start = time.time()
     rows = []
     for seed in range(args.seeds):
@@ -222,10 +213,7 @@ def main(argv=None) -> int:
                 json.dumps({"meta": meta, "rows": rows}, indent=1, default=list)
             )
     text = summarize(rows)
-    (out / "table.md").write_text(
-        f"Command: `{meta['command']}` at commit {commit[:10]}, {time.time() - start:.0f} s\n\n"
-        f"{text}\n"
-    )
+    (out / "table.md").write_text(f"{_meta.header(meta)}, {time.time() - start:.0f} s\n\n{text}\n")
     figure(rows, out / "latency_budget.png")
     print(text)
     print(f"Done in {time.time() - start:.0f} s")

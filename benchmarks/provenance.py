@@ -42,7 +42,7 @@ def provenance(path: Path, head: str) -> tuple[str, str]:
     named = named_commit(path)
     if named:
         return named, "named in the file"
-    added = git("log", "--diff-filter=A", "--format=%h", "--", str(path)).splitlines()
+    added = git("log", "--follow", "--diff-filter=A", "--format=%h", "--", str(path)).splitlines()
     if added:
         return added[-1][:10], "committed with"
     if path.suffix == ".gz":

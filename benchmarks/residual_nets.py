@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _meta  # noqa: E402
 from inference_speed import compiled_forward, paired_ms  # noqa: E402
 
 import keras_gss as gss  # noqa: E402
@@ -140,15 +139,7 @@ def main(argv=None) -> int:
     print(f"Data: {source.describe()}; {len(x)} training, {len(xt)} test images", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    meta = {
-        "command": "python benchmarks/residual_nets.py " + " ".join(argv or sys.argv[1:]),
-        "commit": commit, "backend": keras.backend.backend(), "keras": keras.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "data": source.describe(),
-        "args": vars(args),
-    }  # fmt: skip
+    meta = _meta.meta("residual_nets.py", argv, data=source.describe(), args=vars(args))
     rows = []
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     for seed in seeds:  # seed-major: partial results cover every net
@@ -167,7 +158,7 @@ def main(argv=None) -> int:
             rows += run_one(net, seed, args, ((x, y), (xt, yt)), model.get_weights())
             (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     text = summarize(rows)
-    (out / "table.md").write_text(f"Command: `{meta['command']}` at {commit[:10]}\n\n{text}\n")
+    (out / "table.md").write_text(f"{_meta.header(meta)}\n\n{text}\n")
     print(text)
     return 0
 

@@ -20,7 +20,7 @@ the same model), which moves medians by tens of percent.
     python benchmarks/training_overhead.py --quick               # < 10 min, 2 cores, 3 backends
     python benchmarks/training_overhead.py --backends tensorflow jax torch
 
-Prints a table last; writes training_overhead.json.
+Prints a table last; writes results/training_overhead/results.json and .md (--out).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _meta  # noqa: E402
 
 VARIANTS = ["plain", "gss", "gss+proximal", "gss+monitor"]
 
@@ -136,7 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--steps", type=int, help="steps per epoch (default 20; quick 10)")
     p.add_argument("--rounds", type=int, help="timed rounds (default 15; quick 6)")
-    p.add_argument("--out", default="benchmarks/results/training_overhead.json")
+    p.add_argument("--out", default="benchmarks/results/training_overhead/results.json",
+                   help="JSON path; its table goes beside it as .md")  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.steps = args.steps or (10 if args.quick else 20)
@@ -166,13 +170,12 @@ def main(argv=None) -> int:
         )
     if not results:
         return 1
-    command = "python benchmarks/training_overhead.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps({"command": command.strip(), "results": results}, indent=1)
-    )
+    info = _meta.meta("training_overhead.py", argv, backend=", ".join(backends))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": info["command"], "meta": info, "results": results},
+                              indent=1))  # fmt: skip
+    out.with_suffix(".md").write_text(f"{_meta.header(info)}\n\n{table(results)}\n")
     print("\n" + table(results))
     return 0
 

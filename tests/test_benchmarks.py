@@ -34,3 +34,25 @@ def test_readme_results_at_a_glance_are_the_committed_table():
     readme = (ROOT / "README.md").read_text()
     assert body in readme, "rerun `python benchmarks/at_a_glance.py` and paste its table"
     assert "benchmarks/results/at_a_glance/at_a_glance.png" in readme
+
+
+def test_every_benchmark_imports_and_records_where_it_ran():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _meta
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    info = _meta.meta("residual_nets.py", ["--quick"], data="mnist")
+    assert info["command"] == "python benchmarks/residual_nets.py --quick"
+    assert re.fullmatch(r"[0-9a-f]{40}", info["commit"]) and info["data"] == "mnist"
+    assert info["commit"][:10] in _meta.header(info) and info["keras"] in _meta.header(info)
+    scripts = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "_meta")
+    code = "import sys; sys.path.insert(0, 'benchmarks'); " + "; ".join(
+        f"import {name}" for name in scripts
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(scripts) >= 8
