@@ -81,6 +81,8 @@ class Recipe:
             `layers`; the same as `"all"` when `layers` is None).
         target: the level `monitor()` and `callbacks()` prune to when not given
             one (None = by `threshold` only).
+        coupled: regularize coupled channel groups as wholes (`attach(...,
+            coupled=True)`: one norm per channel across the layers that write it).
 
     Example:
 
@@ -110,6 +112,7 @@ class Recipe:
     layers: tuple[str, ...] | None = None
     regularize: str = "all"
     target: float | None = None
+    coupled: bool = False
 
     def __post_init__(self):
         # every lever checked here, by its own name, not later by what it builds
@@ -160,7 +163,8 @@ class Recipe:
         if regularizer is None:
             return model
         where = self.layers if self.regularize == "pruned" else None
-        return attach(model, regularizer, proximal=self.proximal, layers=where)
+        return attach(model, regularizer, proximal=self.proximal, layers=where,
+                      coupled=self.coupled)  # fmt: skip
 
     def monitor(self, level: float | None = None, verbose: int = 0) -> SparsityMonitor:
         """The callback that prunes to `level` (default: `target`) during training;

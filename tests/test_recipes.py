@@ -120,3 +120,23 @@ def test_recipe_round_trips_through_to_dict():
 def test_bad_recipe_arguments_are_named(call, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         call()
+
+
+def test_a_coupled_recipe_regularizes_the_residual_stream_as_one_group():
+    from keras_gss.regularizers import CoupledRegularizer
+
+    model = gss.models.resnet20()
+    recipes.Recipe("group-lasso", lasso=1e-3, coupled=True).attach(model)
+    found = [getattr(w, "regularizer", None) for w in model.weights]
+    found = [r for r in found if isinstance(r, CoupledRegularizer)]
+    stream = max(found, key=lambda r: len(r.members))
+    assert len(stream.members) > 2  # the convolutions adding into one residual stream
+    # numpy: one L2 norm per channel over every member kernel's slice
+    squared = np.zeros(stream.units)
+    for variable, axis, unit in stream.members:
+        value = np.moveaxis(keras.ops.convert_to_numpy(variable.value), axis[0], -1)
+        np.add.at(squared, unit, np.sum(value.reshape(-1, value.shape[-1]) ** 2, axis=0))
+    expected = 1e-3 * np.sum(np.sqrt(squared))
+    first = stream.members[0][0]
+    got = float(keras.ops.convert_to_numpy(stream(first.value)))
+    assert got == pytest.approx(expected, rel=1e-5)
