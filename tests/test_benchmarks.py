@@ -56,3 +56,23 @@ def test_every_benchmark_imports_and_records_where_it_ran():
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(scripts) >= 8
+
+
+def test_every_file_the_docs_cite_is_in_git():
+    """Links and `benchmarks/...`/`results/...` paths in the README, docs/ and
+    benchmarks/README.md name files git tracks (not ignored, not missing)."""
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()  # fmt: skip
+    tracked = set(out) | {str(Path(f).parent) for f in out}
+    pages = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").glob("*.md")]
+    missing = []
+    for page in pages:
+        text = page.read_text()
+        cited = re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", text)  # markdown links, not URLs
+        cited += re.findall(r"`((?:benchmarks/)?results/[\w./-]+\.\w+)`", text)
+        for target in cited:
+            base = page.parent if not target.startswith("benchmarks/") else ROOT
+            path = (base / target).resolve()
+            if path.is_relative_to(ROOT) and str(path.relative_to(ROOT)) not in tracked:
+                missing.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not missing, missing
