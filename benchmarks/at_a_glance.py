@@ -94,7 +94,7 @@ def residual_rows() -> list[dict]:
         rows += json.loads(path.read_text())["rows"]
     dense = {(r["net"], r["seed"]): r for r in rows if r["method"] == "dense"}
     out = []
-    for net, method in [(n, m) for n in NETS for m in RESNET]:
+    for net, method in [(n, m) for n in NETS for m in RESNET]:  # by net, then method
         mine = [r for r in rows if (r["net"], r["method"]) == (net, method)]
         for level in sorted({r["level"] for r in mine}):
             group = [r for r in mine if r["level"] == level]
@@ -124,7 +124,7 @@ def _row(model, r) -> str:
     speed = "none: dense shapes"
     if r["speedup"]:
         speed = f"{r['speedup']:.2f}x ({r['speedup_runtime']})"
-    drop = f"{r['drop']:.2f} ± {r['drop_sd']:.2f}"
+    drop = f"{r['drop']:.2f}" + (f" ± {r['drop_sd']:.2f}" if r["seeds"] > 1 else "")
     return f"| {model} | {r['label']} | {r['target']} | {r['seeds']} | {drop} | " + (
         f"{r['flops_left']:.2f} | {speed} |"
     )
