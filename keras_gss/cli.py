@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="group norm at or below which a group is zero")
     p.add_argument("--target-sparsity", type=float, help="fraction of prunable weights to zero")
     p.add_argument("--ranking", choices=[r for r in pruning.RANKINGS if r != "latency"])
-    p.add_argument("--metric", choices=["weights", "flops"], help="what the target counts")
+    p.add_argument("--metric", choices=[m for m in pruning.METRICS if m != "latency"],
+                   help="what the target counts")  # fmt: skip
     p.add_argument("--begin-epoch", type=int, help="epoch (0-based) the pruning ramp starts at")
     p.add_argument("--end-epoch", type=int, help="epoch (0-based) at whose end the target "
                    "is reached (default: the one before the last, which trains at it)")  # fmt: skip
