@@ -15,7 +15,9 @@ that of fewer epochs ("dense-start" is the net pruning started from).
     python benchmarks/residual_nets.py --quick     # < 10 min on 2 cores
     python benchmarks/residual_nets.py --seeds 3 --limit 0
 
-Prints a table last; writes results.json and table.md to --out.
+Prints a table last; writes results.json and table.md to --out. The trained dense
+nets are cached (git-ignored `benchmarks/.cache/residual_nets/`), so a later run of
+other methods or levels on the same seed starts from the same weights.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ METHODS = {
     "lasso-coupled": lambda: gss.GroupLasso(2e-4),
     "gss-coupled": lambda: gss.GuidedStructuredSparsity(lasso=2e-4, variance=1e-2),
 }
+CACHE = Path(__file__).resolve().parent / ".cache" / "residual_nets"
 
 
 def compiled(model, lr):
@@ -114,6 +117,30 @@ def run_one(net, seed, args, data, dense_weights) -> list[dict]:
     return rows
 
 
+def dense_start(net, seed, args, train, test):
+    """The dense net pruning starts from, trained, or loaded from the weight cache
+    (`benchmarks/.cache/residual_nets/`, keyed by everything that changes it)."""
+    (x, y), (xt, yt) = train, test
+    name = f"{net}-s{seed}-n{len(x)}-e{args.epochs}-lr{args.lr:g}"
+    weights, saved = CACHE / f"{name}.weights.h5", CACHE / f"{name}.json"
+    start = time.time()
+    keras.utils.set_random_seed(seed)
+    model = compiled(NETS[net](), args.lr)
+    if weights.exists() and saved.exists():
+        model.load_weights(weights)
+        return model, {**json.loads(saved.read_text()), "cached": True}
+    model.fit(x, y, batch_size=128, epochs=args.epochs, verbose=0)
+    row = {
+        "net": net, "seed": seed, "level": 0.0, "method": "dense-start",
+        "accuracy": accuracy(model, xt, yt), "flops": gss.model_stats(model).flops,
+        "params": model.count_params(), "speedup_b32": 1.0, "seconds": time.time() - start,
+    }  # fmt: skip
+    CACHE.mkdir(parents=True, exist_ok=True)
+    model.save_weights(weights)
+    saved.write_text(json.dumps(row))
+    return model, row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2,000 images, 1 epoch each")
@@ -144,16 +171,8 @@ def main(argv=None) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     for seed in seeds:  # seed-major: partial results cover every net
         for net in args.nets:
-            start = time.time()
-            keras.utils.set_random_seed(seed)
-            model = compiled(NETS[net](), args.lr)
-            model.fit(x, y, batch_size=128, epochs=args.epochs, verbose=0)
-            rows.append({
-                "net": net, "seed": seed, "level": 0.0, "method": "dense-start",
-                "accuracy": accuracy(model, xt, yt), "flops": gss.model_stats(model).flops,
-                "params": model.count_params(), "speedup_b32": 1.0,
-                "seconds": time.time() - start,
-            })  # fmt: skip
+            model, row = dense_start(net, seed, args, (x, y), (xt, yt))
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
             rows += run_one(net, seed, args, ((x, y), (xt, yt)), model.get_weights())
             (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
