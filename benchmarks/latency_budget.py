@@ -53,21 +53,6 @@ NETS = {
 METHODS = ("latency", "latency-table", "flops")
 
 
-def paired_ms(model_a, model_b, batch: int, repeats: int) -> tuple[float, float]:
-    """LiteRT medians of two models timed alternately, call by call."""
-    calls = [latency._litert_call(m, None) for m in (model_a, model_b)]
-    x = np.random.default_rng(0).random((batch, *model_a.inputs[0].shape[1:]), "float32")
-    for call in calls + calls:
-        call(x)
-    times: tuple[list, list] = ([], [])
-    for _ in range(repeats):
-        for call, out in zip(calls, times):
-            start = time.perf_counter()
-            call(x)
-            out.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times[0])), 1000 * float(np.median(times[1]))
-
-
 def run_net(net, seed, args, data, cache: Path) -> list[dict]:
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(seed)
@@ -106,7 +91,8 @@ def run_net(net, seed, args, data, cache: Path) -> list[dict]:
                     pruned[(method, b)] = (model, acc)
         for (method, batch), (model, acc) in pruned.items():
             small = gss.compact(model)
-            dense_ms, small_ms = paired_ms(dense, small, batch, args.repeats)
+            dense_ms, small_ms = latency.compare_ms([dense, small], batch, "litert", None,
+                                                    args.repeats)  # fmt: skip
             predicted = tables[batch].predict(model)
             rows.append({
                 "net": net, "seed": seed, "batch": batch, "budget": 1 / k, "method": method,

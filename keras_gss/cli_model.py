@@ -193,8 +193,7 @@ def run_compact(args) -> int:
         os.replace(temporary, path)
         runtime = "litert"
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
-    before = latency.time_ms(model, args.batch_size, runtime)
-    after = latency.time_ms(small, args.batch_size, runtime)
+    before, after = latency.compare_ms([model, small], args.batch_size, runtime)
     print(f"latency at batch {args.batch_size} ({runtime}): {before:.3f} ms -> {after:.3f} ms "
           f"({before / after:.2f}x)")  # fmt: skip
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")

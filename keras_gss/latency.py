@@ -6,11 +6,11 @@ compiled Keras model), on this machine, and returns a `LatencyTable`. The
 predicted latency of a pruned model is `offset + scale * S`, `S` the sum of its
 layers' entries at their live widths (bilinear between ladder points), with
 `offset` and `scale` fitted (least squares) to whole models measured in the same
-run: the dense model and compact copies with every prunable family cut to a half
-and a quarter of its width (they absorb what single layers timed alone miss: element-wise ops, adds,
-pooling, the runtime's per-layer overhead). The table is JSON (`save`, `load`)
-and reusable; `prune(..., metric="latency")` and
-`SparsityMonitor(metric="latency")` prune to it.
+run, in turn call by call: the dense model and compact copies with every prunable
+family cut to a half and a quarter of its width (they absorb what single layers
+timed alone miss: element-wise ops, adds, pooling, the runtime's per-layer
+overhead). The table is JSON (`save`, `load`) and reusable;
+`prune(..., metric="latency")` and `SparsityMonitor(metric="latency")` prune to it.
 
 Example:
 
@@ -229,16 +229,25 @@ def _keras_call(model: keras.Model, threads: int | None):
 def time_ms(model: keras.Model, batch_size: int, runtime: str = "keras",
             threads: int | None = None, repeats: int = 20) -> float:  # fmt: skip
     """Median ms of one forward pass of `model` on a random batch of `batch_size`."""
-    call = (_litert_call if runtime == "litert" else _keras_call)(model, threads)
-    x = np.random.default_rng(0).random((batch_size, *model.inputs[0].shape[1:]), "float32")
-    for _ in range(2):
+    return compare_ms([model], batch_size, runtime, threads, repeats)[0]
+
+
+def compare_ms(models: list, batch_size: int, runtime: str = "keras",
+               threads: int | None = None, repeats: int = 20) -> list[float]:  # fmt: skip
+    """Median ms of one forward pass of each of `models` (same input shape), timed
+    in turn call by call, so that the machine's drift (other work, clock changes)
+    falls on all of them alike and their ratios hold."""
+    calls = [(_litert_call if runtime == "litert" else _keras_call)(m, threads) for m in models]
+    x = np.random.default_rng(0).random((batch_size, *models[0].inputs[0].shape[1:]), "float32")
+    for call in calls + calls:
         call(x)
-    times = []
+    times: list = [[] for _ in calls]
     for _ in range(repeats):
-        start = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
+        for call, out in zip(calls, times):
+            start = time.perf_counter()
+            call(x)
+            out.append(time.perf_counter() - start)
+    return [1000.0 * float(np.median(t)) for t in times]
 
 
 @dataclasses.dataclass
@@ -314,7 +323,11 @@ def prune_to_budget(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # an unreachable target is measured below
                 prune(model, target, freeze=False, **prune_kwargs)
-            ms = time_ms(compact(model), table.batch_size, table.runtime, table.threads, repeats)
+            # timed in turn with the unpruned architecture (`model`, zeros in place):
+            # the ratio, in units of the dense latency measured first
+            pair = compare_ms([model, compact(model)], table.batch_size, table.runtime,
+                              table.threads, repeats)  # fmt: skip
+            ms = dense * pair[1] / pair[0]
             rounds.append({"target": target, "ms": ms, "predicted": table.predict(model)})
             model.set_weights(saved)
             if abs(ms / goal - 1.0) <= tolerance:
@@ -463,18 +476,19 @@ def profile(
                         "multiplier": e["multiplier"]}  # fmt: skip
     table = LatencyTable(batch_size, runtime, threads, 0.0, entries, plan["layers"],
                          plan["full"], {"sum": [1.0, 1.0], "ms": [1.0, 1.0]})  # fmt: skip
-    dense = time_ms(model, batch_size, runtime, threads, repeats)
     if bar:
         bar.add(1)
-    sums, times = [_sum(table, infos, np.zeros(graph.coupled_size(infos), bool))], [dense]
+    models, sums = [model], [_sum(table, infos, np.zeros(graph.coupled_size(infos), bool))]
     for fraction in (0.5, 0.25):
         small, dead = _narrowed(model, infos, round_to, fraction)
         if small is not None:
+            models.append(small)
             sums.append(_sum(table, infos, dead))
-            times.append(time_ms(small, batch_size, runtime, threads, repeats))
+    # timed in turn, so that drift during the profile does not bend the fit
+    times = compare_ms(models, batch_size, runtime, threads, repeats)
     if bar:
         bar.add(1)
-    table.dense_ms = dense
+    table.dense_ms = times[0]
     table.calibration = {"sum": sums, "ms": times}
     if path is not None:
         table.save(path)

@@ -137,7 +137,7 @@ def test_profile_round_trip_cache_and_prediction(tmp_path, monkeypatch):
     def no_timing(*args, **kwargs):
         raise AssertionError("timed again")
 
-    monkeypatch.setattr(latency, "time_ms", no_timing)
+    monkeypatch.setattr(latency, "compare_ms", no_timing)
     assert latency.profile(model, batch_size=64, runtime="keras", path=path, verbose=0) == table
     monkeypatch.undo()
     gss.prune(model, 0.5, metric="latency", latency_table=table, round_to=8)
@@ -193,8 +193,12 @@ def fake_ms(model, batch_size, runtime, threads=None, repeats=20):
     return 0.2 + 0.001 * sum(int(np.prod(layer.kernel.shape)) for layer in dense)
 
 
+def fake_compare(models, batch_size, runtime, threads=None, repeats=20):
+    return [fake_ms(model, batch_size, runtime) for model in models]
+
+
 def test_prune_to_budget_corrects_the_table_with_measurements(monkeypatch):
-    monkeypatch.setattr(latency, "time_ms", fake_ms)
+    monkeypatch.setattr(latency, "compare_ms", fake_compare)
     model, table = chain(), hand_table()
     rng = np.random.default_rng(0)
     for layer in model.layers[1:]:
@@ -222,8 +226,29 @@ def test_prune_to_budget_corrects_the_table_with_measurements(monkeypatch):
 
 
 def test_prune_to_budget_warns_when_the_budget_is_out_of_reach(monkeypatch):
-    monkeypatch.setattr(latency, "time_ms", fake_ms)
+    monkeypatch.setattr(latency, "compare_ms", fake_compare)
     model, table = chain(), hand_table()
     with pytest.warns(UserWarning, match="budget of 0.15 ms was not reached"):
         result = latency.prune_to_budget(model, table, budget_ms=0.15, max_rounds=3)
     assert result.ms > 0.15 * 1.1 and len(result.rounds) <= 3
+
+
+def test_compare_ms_times_the_models_in_turn(monkeypatch):
+    order = []
+
+    def recording_call(model, threads):
+        def call(x):
+            assert x.shape == (4, 8)
+            order.append(model.name)
+
+        return call
+
+    monkeypatch.setattr(latency, "_keras_call", recording_call)
+    models = [keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)], name=n)
+              for n in ("a", "b", "c")]  # fmt: skip
+    ms = latency.compare_ms(models, batch_size=4, runtime="keras", repeats=5)
+    assert len(ms) == 3 and all(m >= 0 for m in ms)
+    # two warm-up rounds, then five timed rounds, each calling a, b, c in turn
+    assert order == ["a", "b", "c"] * 7
+    order.clear()
+    assert latency.time_ms(models[1], 4, "keras", repeats=3) >= 0 and order == ["b"] * 5
