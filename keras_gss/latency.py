@@ -7,7 +7,7 @@ predicted latency of a pruned model is `offset + scale * S`, `S` the sum of its
 layers' entries at their live widths (bilinear between ladder points), with
 `offset` and `scale` fitted (least squares) to whole models measured in the same
 run, in turn call by call: the dense model and compact copies with every prunable
-family cut to a half and a quarter of its width (they absorb what single layers
+family cut to 3/4, 1/2, 3/8 and 1/4 of its width (they absorb what single layers
 timed alone miss: element-wise ops, adds, pooling, the runtime's per-layer
 overhead). The table is JSON (`save`, `load`) and reusable;
 `prune(..., metric="latency")` and `SparsityMonitor(metric="latency")` prune to it.
@@ -42,6 +42,7 @@ from keras_gss._validate import int_at_least
 
 RUNTIMES = ("litert", "keras")
 LADDER = (0.125, 0.25, 0.5, 0.75, 1.0)
+CALIBRATION = (0.75, 0.5, 0.375, 0.25)  # widths of the whole models timed for the fit
 
 
 @dataclasses.dataclass
@@ -479,7 +480,7 @@ def profile(
     if bar:
         bar.add(1)
     models, sums = [model], [_sum(table, infos, np.zeros(graph.coupled_size(infos), bool))]
-    for fraction in (0.5, 0.25):
+    for fraction in CALIBRATION:
         small, dead = _narrowed(model, infos, round_to, fraction)
         if small is not None:
             models.append(small)

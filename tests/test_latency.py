@@ -129,8 +129,9 @@ def test_profile_round_trip_cache_and_prediction(tmp_path, monkeypatch):
     for entry in table.entries.values():  # monotone in both widths
         grid = np.array(entry["ms"])
         assert (np.diff(grid, axis=1) >= 0).all() and (np.diff(grid, axis=0) >= 0).all()
-    offset, scale = table.fit  # least squares through dense, half and quarter widths
-    assert len(table.calibration["ms"]) == 3 and table.calibration["ms"][0] == table.dense_ms
+    offset, scale = table.fit  # least squares through the dense and narrowed models
+    assert len(table.calibration["ms"]) == 1 + len(latency.CALIBRATION)
+    assert table.calibration["ms"][0] == table.dense_ms
     assert table.predict(model) == pytest.approx(offset + scale * table.calibration["sum"][0])
     assert latency.LatencyTable.load(path) == table
 
