@@ -210,14 +210,16 @@ def _litert_call(model: keras.Model, threads: int | None):
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         interpreter = Interpreter(model_content=content, num_threads=threads or os.cpu_count())
     inp = interpreter.get_input_details()[0]["index"]
-    shape: list = []
+    given: list = [None]
 
     def call(x):
-        if list(x.shape) != shape:  # resized once per batch size, before timing
+        # the input is copied in once per array, not timed with every call: a layer
+        # timed alone would otherwise pay a copy that the whole model does not
+        if given[0] is not x:
             interpreter.resize_tensor_input(inp, list(x.shape))
             interpreter.allocate_tensors()
-            shape[:] = x.shape
-        interpreter.set_tensor(inp, x)
+            interpreter.set_tensor(inp, x)
+            given[0] = x
         interpreter.invoke()
 
     return call
@@ -235,20 +237,24 @@ def time_ms(model: keras.Model, batch_size: int, runtime: str = "keras",
 
 def compare_ms(models: list, batch_size: int, runtime: str = "keras",
                threads: int | None = None, repeats: int = 20) -> list[float]:  # fmt: skip
-    """Median ms of one forward pass of each of `models` (same input shape), timed
-    in turn call by call, so that the machine's drift (other work, clock changes)
-    falls on all of them alike and their ratios hold."""
+    """Latency in ms of one forward pass of each of `models` (same input shape),
+    timed in turn call by call: the first model's median, and for each other model
+    the first's median times the median of its per-round ratios to the first, so
+    that the machine's drift (other work, clock changes) cancels in the ratios."""
     calls = [(_litert_call if runtime == "litert" else _keras_call)(m, threads) for m in models]
     x = np.random.default_rng(0).random((batch_size, *models[0].inputs[0].shape[1:]), "float32")
     for call in calls + calls:
         call(x)
-    times: list = [[] for _ in calls]
-    for _ in range(repeats):
-        for call, out in zip(calls, times):
+    times = np.zeros((repeats, len(calls)))
+    for r in range(repeats):
+        for k, call in enumerate(calls):
             start = time.perf_counter()
             call(x)
-            out.append(time.perf_counter() - start)
-    return [1000.0 * float(np.median(t)) for t in times]
+            times[r, k] = time.perf_counter() - start
+    first = 1000.0 * float(np.median(times[:, 0]))
+    base = np.maximum(times[:, 0], 1e-9)
+    return [first] + [first * float(np.median(times[:, k] / base))
+                      for k in range(1, len(calls))]  # fmt: skip
 
 
 @dataclasses.dataclass
