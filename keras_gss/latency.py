@@ -63,9 +63,7 @@ class LatencyTable:
     entries: dict
     layers: dict
     full: dict
-    # {"sum": [S dense, S 3/4, ...], "ms": [dense ms, ...], "rest": [E dense, ...],
-    #  "volume": {layer: V}, "fixed_volume": V0}; tables saved before "rest" fit S only
-    calibration: dict
+    calibration: dict  # {"sum": [S dense, S half, ...], "ms": [dense ms, half ms, ...]}
 
     # -- lookups -----------------------------------------------------------
 
@@ -79,42 +77,28 @@ class LatencyTable:
         return sum(_lookup(self.entries[key], cin, cout) for key in self.layers[name])
 
     @property
-    def fit(self) -> tuple[float, float, float]:
-        """`(offset, scale, rest)`: predicted ms = offset + scale * S + rest * E, with
-        S the sum of the layers' entries and E the activation volume of the other ops
-        (adds, activations, pooling, ...) on the channels left (0 when the
-        calibration cannot tell it apart, or for tables without it)."""
+    def fit(self) -> tuple[float, float]:
+        """`(offset, scale)`: predicted ms = offset + scale * (sum of the entries)."""
         sums = np.asarray(self.calibration["sum"], dtype=float)
         ms = np.asarray(self.calibration["ms"], dtype=float)
         s0, m0 = sums[0], ms[0]
         if sums.size < 2 or s0 - sums[1:].min() <= 0.05 * s0 or ms[1:].max() >= m0:
             # nothing prunable, or timings that width barely moves (overhead-bound,
             # noise): latency taken as proportional to the layers' entries
-            return 0.0, m0 / s0 if s0 > 0 else 1.0, 0.0
-        rest = np.asarray(self.calibration.get("rest", []), dtype=float)
-        if rest.size == sums.size >= 4 and rest[0] > 0:
-            design = np.stack([np.ones_like(sums), sums, rest / rest[0]], axis=1)
-            (offset, scale, per_share), *_ = np.linalg.lstsq(design, ms, rcond=None)
-            if scale > 0 and per_share >= 0:
-                return float(offset), float(scale), float(per_share / rest[0])
+            return 0.0, m0 / s0 if s0 > 0 else 1.0
         scale, offset = np.polyfit(sums, ms, 1)
-        return float(offset), float(scale), 0.0
+        return float(offset), float(scale)
 
     def cost(self, infos: list[graph.LayerInfo]):
         """`(cost, offset)`: `cost(k, cin, cout)` the predicted ms charged to `infos[k]`
-        at those live widths (its entries, and the volume of the other ops on its
-        output channels); `offset` the part charged to no layer."""
+        at those live widths; `offset` the part charged to no layer."""
         for info in infos:
             self.layer_ms(info.layer.name, 1, 1)  # unknown layers are named now
-        offset, scale, rest = self.fit
-        volume = self.calibration.get("volume", {})
-        offset += rest * self.calibration.get("fixed_volume", 0.0)
+        offset, scale = self.fit
 
         def cost(k: int, cin: float | None, cout: float) -> float:
             name = infos[k].layer.name
-            full_in, full_out = self.full[name]
-            ms = scale * self.layer_ms(name, full_in if cin is None else cin, cout)
-            return ms + rest * volume.get(name, 0.0) * cout / max(full_out, 1)
+            return scale * self.layer_ms(name, self.full[name][0] if cin is None else cin, cout)
 
         return cost, offset
 
@@ -501,23 +485,18 @@ def profile(
                          plan["full"], {"sum": [1.0, 1.0], "ms": [1.0, 1.0]})  # fmt: skip
     if bar:
         bar.add(1)
-    volume, fixed = _volumes(infos)
-    dense_dead = np.zeros(graph.coupled_size(infos), bool)
-    models, sums = [model], [_sum(table, infos, dense_dead)]
-    rests = [_rest(infos, volume, fixed, dense_dead)]
+    models, sums = [model], [_sum(table, infos, np.zeros(graph.coupled_size(infos), bool))]
     for fraction in CALIBRATION:
         small, dead = _narrowed(model, infos, round_to, fraction)
         if small is not None:
             models.append(small)
             sums.append(_sum(table, infos, dead))
-            rests.append(_rest(infos, volume, fixed, dead))
     # timed in turn, so that drift during the profile does not bend the fit
     times = compare_ms(models, batch_size, runtime, threads, repeats)
     if bar:
         bar.add(1)
     table.dense_ms = times[0]
-    table.calibration = {"sum": sums, "ms": times, "rest": rests, "volume": volume,
-                         "fixed_volume": fixed}  # fmt: skip
+    table.calibration = {"sum": sums, "ms": times}
     if path is not None:
         table.save(path)
     return table
@@ -525,37 +504,6 @@ def profile(
 
 def _sum(table: LatencyTable, infos, dead) -> float:
     return sum(table.layer_ms(i.layer.name, *w) for i, w in zip(infos, table.widths(infos, dead)))
-
-
-def _volumes(infos) -> tuple[dict, float]:
-    """Per layer: the activation volume (positions x channels) of the graph's other
-    ops (adds, activations, normalizations, pooling, ...) on its output channels,
-    a channel written by m layers split m ways; and the volume on channels that no
-    layer produces (the model's input, pinned ones)."""
-    dep = infos[0].dependency
-    kernels = {id(info.layer) for info in infos}
-    per_root = np.zeros(len(dep.parent))
-    for call in dep.calls:
-        if id(call.op) in kernels:
-            continue  # timed in the table
-        for out in call.outs:
-            if out is None or not hasattr(out, "ids"):
-                continue
-            dims = [d for i, d in enumerate(out.shape) if i not in (0, out.axis)]
-            positions = math.prod(d for d in dims if d is not None)
-            np.add.at(per_root, dep.root[out.ids], float(positions))
-    writers = np.zeros(len(dep.parent))
-    for info in infos:
-        np.add.at(writers, info.coupled, 1.0)
-    share = per_root / np.maximum(writers, 1.0)
-    volume = {info.layer.name: float(share[info.coupled].sum()) for info in infos}
-    return volume, float(per_root[writers == 0].sum())
-
-
-def _rest(infos, volume: dict, fixed: float, dead) -> float:
-    """The other ops' activation volume once the coupled groups `dead` go (as `cost`
-    charges it: each layer's share times its live output fraction)."""
-    return fixed + sum(volume[i.layer.name] * i.out_fraction(dead) for i in infos)
 
 
 def _narrowed(model: keras.Model, infos, round_to: int, fraction: float):
