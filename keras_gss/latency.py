@@ -483,14 +483,14 @@ def profile(
                         "multiplier": e["multiplier"]}  # fmt: skip
     table = LatencyTable(batch_size, runtime, threads, 0.0, entries, plan["layers"],
                          plan["full"], {"sum": [1.0, 1.0], "ms": [1.0, 1.0]})  # fmt: skip
-    if bar:
-        bar.add(1)
     models, sums = [model], [_sum(table, infos, np.zeros(graph.coupled_size(infos), bool))]
     for fraction in CALIBRATION:
         small, dead = _narrowed(model, infos, round_to, fraction)
         if small is not None:
             models.append(small)
             sums.append(_sum(table, infos, dead))
+    if bar:
+        bar.add(1)  # the narrowed models built
     # timed in turn, so that drift during the profile does not bend the fit
     times = compare_ms(models, batch_size, runtime, threads, repeats)
     if bar:
