@@ -16,8 +16,9 @@ that of fewer epochs ("dense-start" is the net pruning started from).
     python benchmarks/residual_nets.py --seeds 3 --limit 0
 
 Prints a table last; writes results.json and table.md to --out. The trained dense
-nets are cached (git-ignored `benchmarks/.cache/residual_nets/`), so a later run of
-other methods or levels on the same seed starts from the same weights.
+nets and the dense reference rows are cached (git-ignored
+`benchmarks/.cache/residual_nets/`), so a later run of other methods or levels on
+the same seed starts from the same weights and skips the reference training.
 """
 
 from __future__ import annotations
@@ -63,20 +64,36 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
-def run_one(net, seed, args, data, dense_weights) -> list[dict]:
+def _cache_name(net, seed, args, n) -> str:
+    return f"{net}-s{seed}-n{n}-e{args.epochs}-lr{args.lr:g}"
+
+
+def dense_reference(net, seed, args, data, dense_weights) -> dict:
+    """The dense net trained on with the pruned runs' schedule: the reference row,
+    or the cached one (`benchmarks/.cache/residual_nets/`)."""
     (x, y), (xt, yt) = data
-    rows = []
-    # the dense net trained on with the pruned runs' schedule: the reference
+    saved = CACHE / f"{_cache_name(net, seed, args, len(x))}-ref-p{args.prune_epochs}.json"
+    if saved.exists():
+        return {**json.loads(saved.read_text()), "cached": True}
+    start = time.time()
     keras.utils.set_random_seed(seed)
     model = compiled(NETS[net](), args.lr)
     model.set_weights(dense_weights)
     model.fit(x, y, batch_size=128, epochs=args.prune_epochs, verbose=0)
     compiled(model, args.lr / 10).fit(x, y, batch_size=128, epochs=1, verbose=0)
-    rows.append({
+    row = {
         "net": net, "seed": seed, "level": 0.0, "method": "dense",
         "accuracy": accuracy(model, xt, yt), "flops": gss.model_stats(model).flops,
-        "params": model.count_params(), "speedup_b32": 1.0,
-    })  # fmt: skip
+        "params": model.count_params(), "speedup_b32": 1.0, "seconds": time.time() - start,
+    }  # fmt: skip
+    CACHE.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(row))
+    return row
+
+
+def run_one(net, seed, args, data, dense_weights) -> list[dict]:
+    (x, y), (xt, yt) = data
+    rows = [dense_reference(net, seed, args, data, dense_weights)]
     print(json.dumps(rows[-1]), flush=True)
     for level in args.levels:
         for method, make in METHODS.items():
@@ -121,7 +138,7 @@ def dense_start(net, seed, args, train, test):
     """The dense net pruning starts from, trained, or loaded from the weight cache
     (`benchmarks/.cache/residual_nets/`, keyed by everything that changes it)."""
     (x, y), (xt, yt) = train, test
-    name = f"{net}-s{seed}-n{len(x)}-e{args.epochs}-lr{args.lr:g}"
+    name = _cache_name(net, seed, args, len(x))
     weights, saved = CACHE / f"{name}.weights.h5", CACHE / f"{name}.json"
     start = time.time()
     keras.utils.set_random_seed(seed)
