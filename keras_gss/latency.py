@@ -158,10 +158,18 @@ class LatencyTable:
 
 
 def _interp(xs, ys, x: float) -> float:
-    """Piecewise linear in `xs`; below the smallest width, proportional to the width."""
-    if x <= xs[0]:
-        return float(ys[0]) * max(x, 0.0) / xs[0]
-    return float(np.interp(x, xs, ys))
+    """Piecewise linear in `xs`. Below the smallest width the line through the two
+    smallest widths goes on (a layer's fixed cost stays), but never below
+    proportional to the width; with one width, proportional."""
+    if x <= 0:
+        return 0.0
+    if x >= xs[0]:
+        return float(np.interp(x, xs, ys))
+    proportional = float(ys[0]) * x / xs[0]
+    if len(xs) < 2:
+        return proportional
+    slope = (float(ys[1]) - float(ys[0])) / (xs[1] - xs[0])
+    return max(proportional, float(ys[0]) - slope * (xs[0] - x))
 
 
 def _lookup(entry: dict, cin: float, cout: float) -> float:

@@ -180,6 +180,22 @@ def test_monitor_prunes_to_a_latency_target_and_logs_the_prediction():
     assert history.history["gss_predicted_ms"][-1] == pytest.approx(predicted[-1])
 
 
+def test_widths_below_the_ladder_keep_the_measured_trend():
+    """Below the smallest timed width the line through the two smallest widths goes
+    on (a fixed cost stays), never below proportional; checked against numpy."""
+    widths, floor = [16, 32, 64], [1.0, 1.2, 2.0]  # 0.8 ms whatever the width, then more
+    line = np.polyfit(widths[:2], floor[:2], 1)
+    entry = {"in": [], "out": widths, "ms": [floor], "multiplier": 0}
+    for w in (1, 8, 15):
+        assert latency._lookup(entry, 8, w) == pytest.approx(np.polyval(line, w))
+    assert latency._lookup(entry, 8, 40) == pytest.approx(np.interp(40, widths, floor))
+    steep = {"in": [], "out": widths, "ms": [[1.0, 4.0, 9.0]], "multiplier": 0}
+    assert latency._lookup(steep, 8, 8) == pytest.approx(0.5)  # proportional, not -0.5
+    single = {"in": [], "out": [16], "ms": [[2.0]], "multiplier": 0}
+    assert latency._lookup(single, 8, 4) == pytest.approx(0.5)
+    assert latency._lookup(entry, 8, 0) == 0.0
+
+
 def test_degenerate_calibration_falls_back_to_proportional():
     table = hand_table()
     s0 = table.calibration["sum"][0]
