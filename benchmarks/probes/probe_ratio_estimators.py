@@ -1,0 +1,102 @@
+"""Probe: which estimator of a compact/dense latency ratio repeats best on this machine?
+
+`latency.compare_ms` times two models in turn, call by call, and reports the
+median of the per-round ratios. This probe repeats such a pairing 10 times for a
+dense net and its compact copy at 50 % of FLOPs (LiteRT), and compares the spread
+across pairings of four estimators: the median of per-round ratios, the ratio of
+the medians, the ratio of the minima and the ratio of the 10th percentiles. Run it
+once on a quiet machine and once beside other work (`--label`).
+
+    python benchmarks/probes/probe_ratio_estimators.py --label quiet \\
+        --out benchmarks/results/ratio_estimators
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _meta  # noqa: E402
+from latency_budget import NETS  # noqa: E402
+
+import keras_gss as gss  # noqa: E402
+from keras_gss import latency  # noqa: E402
+
+ESTIMATORS = {
+    "median of ratios": lambda d, c: np.median(c / d),
+    "ratio of medians": lambda d, c: np.median(c) / np.median(d),
+    "ratio of minima": lambda d, c: c.min() / d.min(),
+    "ratio of 10th percentiles": lambda d, c: np.percentile(c, 10) / np.percentile(d, 10),
+}
+CASES = (("mobilenetv2", 32), ("mobilenetv2", 1), ("resnet20", 32), ("resnet20", 1))
+
+
+def pairings(net: str, batch: int, count: int, repeats: int) -> dict:
+    keras.utils.set_random_seed(0)
+    dense, pruned = NETS[net](), NETS[net]()
+    pruned.set_weights(dense.get_weights())
+    gss.prune(pruned, 0.5, metric="flops", ranking="auto", round_to=8)
+    calls = [latency._litert_call(m, None) for m in (dense, gss.compact(pruned))]
+    x = np.random.default_rng(0).random((batch, *dense.inputs[0].shape[1:]), "float32")
+    for call in calls + calls:
+        call(x)
+    out = {name: [] for name in ESTIMATORS}
+    for _ in range(count):
+        t = np.zeros((repeats, 2))
+        for r in range(repeats):
+            for k, call in enumerate(calls):
+                start = time.perf_counter()
+                call(x)
+                t[r, k] = time.perf_counter() - start
+        for name, estimate in ESTIMATORS.items():
+            out[name].append(float(estimate(t[:, 0], t[:, 1])))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--label", default="quiet", help="what else ran (a name for the run)")
+    p.add_argument("--pairings", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", default=None, help="write <label>.json and <label>.md here")
+    args = p.parse_args(argv)
+    rows = []
+    for net, batch in CASES:
+        found = pairings(net, batch, args.pairings, args.repeats)
+        for name, values in found.items():
+            v = np.array(values)
+            rows.append({"net": net, "batch": batch, "estimator": name, "values": values,
+                         "median": float(np.median(v)),
+                         "spread": float((v.max() - v.min()) / np.median(v))})  # fmt: skip
+            spread = rows[-1]["spread"]
+            print(f"{net} b{batch} {name:26s} median {np.median(v):.3f}  range "
+                  f"{v.min():.3f}-{v.max():.3f}  spread {spread:.2f}", flush=True)  # fmt: skip
+    lines = ["| net | batch | estimator | median ratio | range | spread (range / median) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        low, high = min(r["values"]), max(r["values"])
+        lines.append(f"| {r['net']} | {r['batch']} | {r['estimator']} | {r['median']:.3f} | "
+                     f"{low:.3f}-{high:.3f} | {r['spread']:.2f} |")  # fmt: skip
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = _meta.meta("probes/probe_ratio_estimators.py", argv, args=vars(args))
+        (out / f"{args.label}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        (out / f"{args.label}.md").write_text(f"{_meta.header(meta)}\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
