@@ -89,9 +89,12 @@ NETS = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
 def residual_rows() -> list[dict]:
     """Full-data residual nets, every seed run so far, mean and sd per net,
     method and level (drop against the dense net of the same seed)."""
-    rows = []
+    found: dict = {}
     for path in sorted((RESULTS / "residual_nets_full").rglob("results.json")):
-        rows += json.loads(path.read_text())["rows"]
+        for r in json.loads(path.read_text())["rows"]:
+            # a run repeated on the same seed (a cached start) counts once: the first in path order
+            found.setdefault((r["net"], r["seed"], r["level"], r["method"]), r)
+    rows = list(found.values())
     dense = {(r["net"], r["seed"]): r for r in rows if r["method"] == "dense"}
     out = []
     for net, method in [(n, m) for n in NETS for m in RESNET]:  # by net, then method
