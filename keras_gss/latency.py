@@ -251,6 +251,16 @@ def compare_ms(models: list, batch_size: int, runtime: str = "keras",
     that the machine's drift (other work, clock changes) cancels in the ratios."""
     calls = [(_litert_call if runtime == "litert" else _keras_call)(m, threads) for m in models]
     x = np.random.default_rng(0).random((batch_size, *models[0].inputs[0].shape[1:]), "float32")
+    times = _round_times(calls, x, repeats)
+    first = 1000.0 * float(np.median(times[:, 0]))
+    base = np.maximum(times[:, 0], 1e-9)
+    return [first] + [first * float(np.median(times[:, k] / base))
+                      for k in range(1, len(calls))]  # fmt: skip
+
+
+def _round_times(calls: list, x, repeats: int) -> np.ndarray:
+    """Seconds of each call on `x`, `[round, call]`: two untimed rounds, then
+    `repeats` rounds of every call in turn (what `compare_ms` aggregates)."""
     for call in calls + calls:
         call(x)
     times = np.zeros((repeats, len(calls)))
@@ -259,10 +269,7 @@ def compare_ms(models: list, batch_size: int, runtime: str = "keras",
             start = time.perf_counter()
             call(x)
             times[r, k] = time.perf_counter() - start
-    first = 1000.0 * float(np.median(times[:, 0]))
-    base = np.maximum(times[:, 0], 1e-9)
-    return [first] + [first * float(np.median(times[:, k] / base))
-                      for k in range(1, len(calls))]  # fmt: skip
+    return times
 
 
 @dataclasses.dataclass

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -48,16 +47,9 @@ def pairings(net: str, batch: int, count: int, repeats: int) -> dict:
     gss.prune(pruned, 0.5, metric="flops", ranking="auto", round_to=8)
     calls = [latency._litert_call(m, None) for m in (dense, gss.compact(pruned))]
     x = np.random.default_rng(0).random((batch, *dense.inputs[0].shape[1:]), "float32")
-    for call in calls + calls:
-        call(x)
     out = {name: [] for name in ESTIMATORS}
-    for _ in range(count):
-        t = np.zeros((repeats, 2))
-        for r in range(repeats):
-            for k, call in enumerate(calls):
-                start = time.perf_counter()
-                call(x)
-                t[r, k] = time.perf_counter() - start
+    for _ in range(count):  # each pairing as compare_ms times it (its warm-up included)
+        t = latency._round_times(calls, x, repeats)
         for name, estimate in ESTIMATORS.items():
             out[name].append(float(estimate(t[:, 0], t[:, 1])))
     return out
