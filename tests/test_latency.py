@@ -154,6 +154,47 @@ def test_litert_runtime_is_refused_by_name_off_tensorflow():
         latency.profile(mlp(), runtime="litert", verbose=0)
 
 
+def test_the_stamp_changes_with_any_weight_and_the_architecture():
+    model = mlp()
+    stamp = latency._stamp(model)
+    assert latency._stamp(model) == stamp
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    assert latency._stamp(twin) == stamp  # the same architecture and weights
+    twin.layers[0].bias.assign(np.ones(twin.layers[0].bias.shape, "float32"))
+    assert latency._stamp(twin) != stamp
+    kernel = model.layers[0].kernel
+    value = keras.ops.convert_to_numpy(kernel)
+    changed = value.copy()
+    changed.flat[-1] += 1e-6
+    kernel.assign(changed)
+    assert latency._stamp(model) != stamp
+    kernel.assign(value)
+    assert latency._stamp(model) == stamp
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="LiteRT runs on TensorFlow")
+def test_a_litert_export_is_reused_only_for_the_same_model_and_weights(monkeypatch):
+    exported = []
+    real = latency._export_litert
+
+    def counting(model, threads):
+        exported.append((model.name, threads))
+        return real(model, threads)
+
+    monkeypatch.setattr(latency, "_export_litert", counting)
+    monkeypatch.setattr(latency, "_EXPORTS", type(latency._EXPORTS)())
+    model, other = mlp(), mlp()
+    call = latency._litert_call(model, None)
+    assert latency._litert_call(model, None) is call and len(exported) == 1
+    assert latency.compare_ms([model, other], 2, "litert", repeats=2)[0] > 0
+    assert exported == [(model.name, None), (other.name, None)]
+    latency._litert_call(model, 1)  # other threads: another interpreter
+    assert len(exported) == 3
+    model.layers[-1].bias.assign(np.ones(model.layers[-1].bias.shape, "float32"))
+    assert latency._litert_call(model, None) is not call and len(exported) == 4
+
+
 def test_depthwise_entries_follow_the_input_width():
     x = keras.Input((8, 8, 16))
     h = keras.layers.Conv2D(16, 1, name="expand")(x)
