@@ -15,7 +15,7 @@ Targets (issue 24): the compact model's measured latency within 10 % of the
 budget; at equal measured latency, accuracy at least as high as FLOP-targeted
 pruning; the table's prediction within 15 % of the measured compact model.
 
-    python benchmarks/latency_budget.py --quick     # about 18 min on 2 cores (batch 32)
+    python benchmarks/latency_budget.py --quick     # about 8 min on 2 cores (batch 32, 1/3)
     python benchmarks/latency_budget.py             # full data, 3 seeds
 
 Prints a table; writes results.json, table.md and latency_budget.png to --out.
