@@ -69,6 +69,7 @@ def run_net(net, seed, args, data, cache: Path) -> list[dict]:
         tables[batch] = latency.profile(dense, batch, "litert", ladder=args.ladder,
                                         repeats=args.repeats, path=path, verbose=0)  # fmt: skip
         print(f"  {net} b{batch}: profiled in {time.time() - start:.0f} s", flush=True)
+    dense_flops = gss.model_stats(dense).flops
     rows = []
     for k in args.budgets:
         target = 1.0 - 1.0 / k
@@ -109,7 +110,7 @@ def run_net(net, seed, args, data, cache: Path) -> list[dict]:
                     "dense_ms": times[0], "ms": small_ms, "budget_ms": times[0] / k,
                     "predicted_ms": predicted,
                     "predicted_ratio": predicted / tables[batch].dense_ms,
-                    "flop_ratio": gss.model_stats(small).flops / gss.model_stats(dense).flops,
+                    "flop_ratio": gss.model_stats(small).flops / dense_flops,
                     "params": small.count_params(),
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)

@@ -199,6 +199,11 @@ _EXPORTS_KEPT = 4
 def _litert_call(model: keras.Model, threads: int | None):
     """`call(x)` running `model` exported to LiteRT. The export (seconds) is reused
     while the same model object holds the same architecture and weights."""
+    if keras.backend.backend() != "tensorflow":  # before any work on the model
+        raise ValueError(
+            "runtime='litert' exports through the TensorFlow backend: set "
+            "KERAS_BACKEND=tensorflow, or use runtime='keras'."
+        )
     stamp = _stamp(model)
     key = (id(model), threads)
     kept = _EXPORTS.get(key)
@@ -227,11 +232,6 @@ def _stamp(model: keras.Model) -> str | None:
 
 
 def _export_litert(model: keras.Model, threads: int | None):
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "runtime='litert' exports through the TensorFlow backend: set "
-            "KERAS_BACKEND=tensorflow, or use runtime='keras'."
-        )
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # tensorflow still ships it (deprecated)

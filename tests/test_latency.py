@@ -149,9 +149,14 @@ def test_profile_round_trip_cache_and_prediction(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="LiteRT runs on TensorFlow")
-def test_litert_runtime_is_refused_by_name_off_tensorflow():
+def test_litert_runtime_is_refused_by_name_off_tensorflow(monkeypatch):
     with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
         latency.profile(mlp(), runtime="litert", verbose=0)
+    hashed = []
+    monkeypatch.setattr(latency, "_stamp", lambda model: hashed.append(model))
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
+        latency.compare_ms([mlp(), mlp()], 2, "litert", repeats=2)
+    assert hashed == []  # refused before any work on the model
 
 
 def test_the_stamp_changes_with_any_weight_and_the_architecture():
