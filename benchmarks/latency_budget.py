@@ -171,12 +171,36 @@ def figure(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def combine(paths: list[str], out: Path) -> int:
+    """Table and figure of the rows of several results.json files, written to `out`."""
+    rows, commands = [], []
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        rows += saved["rows"]
+        commands.append(f"{_meta.header(saved['meta'])} ({path})")
+    keys = [(r["net"], r["seed"], r["batch"], r["budget"], r["method"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("--combine: the files hold the same row twice (net, seed, batch, "
+                         "budget, method); combine runs of different seeds or nets.")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    text = summarize(rows)
+    (out / "table.md").write_text("Combined from:\n\n" + "\n".join(f"- {c}" for c in commands)
+                                  + f"\n\n{text}\n")  # fmt: skip
+    figure(rows, out / "latency_budget.png")
+    print(text)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2,000 training and test images, "
                    "1 epoch, 1 seed, batch 32, the budget 1/3, a 3-point ladder")  # fmt: skip
     p.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed+1, ...")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="no run: the table and figure of these results.json files' rows "
+                   "(seeds run apart), written to --out")  # fmt: skip
     p.add_argument("--limit", type=int, default=0, help="training images (0: all 60,000)")
     p.add_argument("--epochs", type=int, default=3, help="dense training epochs")
     p.add_argument("--finetune-epochs", type=int, default=1)
@@ -187,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/latency_budget")
     p.add_argument("--cache", default="benchmarks/.cache/latency_budget")
     args = p.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, Path(args.out))
     args.ladder, args.ladder_name = latency.LADDER, "full"
     if args.quick:
         args.limit, args.epochs, args.seeds, args.budgets = 2000, 1, 1, [3]
@@ -206,7 +232,7 @@ def main(argv=None) -> int:
     meta = _meta.meta("latency_budget.py", argv, data=source.describe(), args=vars(args))
     start = time.time()
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for net in args.nets:
             rows += run_net(net, seed, args, ((x, y), (xt, yt)), cache)
             (out / "results.json").write_text(

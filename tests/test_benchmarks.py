@@ -5,6 +5,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,3 +78,54 @@ def test_every_file_the_docs_cite_is_in_git():
             if path.is_relative_to(ROOT) and str(path.relative_to(ROOT)) not in tracked:
                 missing.append(f"{page.relative_to(ROOT)}: {target}")
     assert not missing, missing
+
+
+def test_latency_budget_combines_seeds_run_apart(tmp_path):
+    import json
+    import sys
+
+    def run(seed, acc):
+        rows = [
+            {
+                "net": "lenet",
+                "seed": seed,
+                "batch": 32,
+                "budget": 0.5,
+                "method": m,
+                "accuracy": acc,
+                "dense_accuracy": 0.9,
+                "dense_ms": 2.0,
+                "ms": ms,
+                "budget_ms": 1.0,
+                "predicted_ms": 1.0,
+                "predicted_ratio": 0.5,
+                "flop_ratio": 0.4,
+                "params": 10,
+            }
+            for m, ms in (("flops", 1.5), ("latency", 1.0))
+        ]
+        meta = {
+            "command": f"python benchmarks/latency_budget.py --first-seed {seed}",
+            "commit": "0" * 40,
+            "backend": "tensorflow",
+            "keras": "3",
+            "machine": "m",
+        }
+        path = tmp_path / f"seed{seed}.json"
+        path.write_text(json.dumps({"meta": meta, "rows": rows}))
+        return str(path)
+
+    a, b = run(0, 0.80), run(1, 0.86)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import latency_budget
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert latency_budget.main(["--combine", a, b, "--out", str(tmp_path / "both")]) == 0
+    table = (tmp_path / "both" / "table.md").read_text()
+    assert "--first-seed 0" in table and "--first-seed 1" in table
+    # the mean over both seeds: accuracy (80 + 86) / 2, drop 0.9 - 0.83, measured 1.5 / 1.0
+    assert "| lenet | 32 | 1/2 | flops | 1.50 | 83.00 (+7.00) | 0.40 |" in table
+    assert (tmp_path / "both" / "latency_budget.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="same row twice"):
+        latency_budget.main(["--combine", a, a, "--out", str(tmp_path / "twice")])
