@@ -24,6 +24,7 @@ the same seed starts from the same weights and skips the reference training.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -91,10 +92,10 @@ def dense_reference(net, seed, args, data, dense_weights) -> dict:
     return row
 
 
-def run_one(net, seed, args, data, dense_weights) -> list[dict]:
+def run_one(net, seed, args, data, dense_weights):
+    """The dense reference, then each pruned run: a row each, yielded as it is done."""
     (x, y), (xt, yt) = data
-    rows = [dense_reference(net, seed, args, data, dense_weights)]
-    print(json.dumps(rows[-1]), flush=True)
+    yield dense_reference(net, seed, args, data, dense_weights)
     for level in args.levels:
         for method, make in METHODS.items():
             if method not in args.methods:
@@ -123,15 +124,13 @@ def run_one(net, seed, args, data, dense_weights) -> list[dict]:
                 compiled_forward(dense_model), compiled_forward(small), xb, args.repeats
             )
             stats = gss.model_stats(small)
-            rows.append({
+            yield {
                 "net": net, "seed": seed, "level": level, "method": method,
                 "accuracy": accuracy(small, xt, yt),
                 "accuracy_before_compact_1k": accuracy(model, xt[:1000], yt[:1000]),
                 "flops": stats.flops, "params": small.count_params(),
                 "speedup_b32": d_ms / s_ms, "seconds": time.time() - start,
-            })  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
+            }  # fmt: skip
 
 
 def dense_start(net, seed, args, train, test):
@@ -188,11 +187,15 @@ def main(argv=None) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     for seed in seeds:  # seed-major: partial results cover every net
         for net in args.nets:
-            model, row = dense_start(net, seed, args, (x, y), (xt, yt))
-            rows.append(row)
-            print(json.dumps(rows[-1]), flush=True)
-            rows += run_one(net, seed, args, ((x, y), (xt, yt)), model.get_weights())
-            (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+            model, start = dense_start(net, seed, args, (x, y), (xt, yt))
+            runs = run_one(net, seed, args, ((x, y), (xt, yt)), model.get_weights())
+            for row in itertools.chain([start], runs):  # each written as it is done
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                # after every row: a run stopped part way keeps what it finished
+                (out / "results.json").write_text(
+                    json.dumps({"meta": meta, "rows": rows}, indent=1)
+                )
     text = summarize(rows)
     (out / "table.md").write_text(f"{_meta.header(meta)}\n\n{text}\n")
     print(text)
