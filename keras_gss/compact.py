@@ -84,8 +84,9 @@ def plan(model: keras.Model, threshold: float = 0.0) -> Plan:
     dep = dependency.analyze(model, threshold)
     remove = dep.removable()
     consts = dep.constants()
-    for call in dep.calls:  # every tensor keeps at least one channel
-        for chan in call.outs:
+    for call in dep.calls:  # every tensor (and attention layer) keeps a channel (head)
+        grouped = call.handler.grouped(dep, call)
+        for chan in call.outs + ([grouped] if grouped is not None else []):
             roots = dep.root[chan.ids]
             if roots.size and remove[roots].all():
                 varies = np.flatnonzero(~np.isfinite(consts[id(chan)]))
@@ -95,7 +96,8 @@ def plan(model: keras.Model, threshold: float = 0.0) -> Plan:
         if not isinstance(call.op, keras.layers.Layer) or id(call.op) in result.slices:
             continue
         in_keep = result.keep(call.ins[0]) if call.ins else None
-        out_keep = result.keep(call.outs[0]) if call.outs else None
+        grouped = call.handler.grouped(dep, call)
+        out_keep = result.keep(grouped) if grouped is not None else None
         fold = None
         if isinstance(call.handler, dependency.Producer) and call.ins:
             chan = call.ins[0]

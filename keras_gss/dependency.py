@@ -106,8 +106,11 @@ class Handler:
     must go together, pinning what it cannot follow); `constant` maps per-channel
     constants (NaN: not constant); `flops` is the cost per example at the given
     live fractions of input and output channels; `config` and `weights` slice a
-    layer for `compact`. The base class pins everything it sees.
+    layer for `compact`. The base class pins everything it sees. `rounds`: whether
+    `round_to` applies to its groups (channels do; attention heads do not).
     """
+
+    rounds = True
 
     def trace(self, dep: Dependency, op, node, ins: list[Chan]) -> list[Chan]:
         for chan in ins:
@@ -121,6 +124,14 @@ class Handler:
     def flops(self, call: Call, in_frac: float, out_frac: float) -> float:
         return 0.0
 
+    def grouped(self, dep: Dependency, call: Call) -> Chan | None:
+        """The channels the layer's groups index (its output channels; heads)."""
+        return call.outs[0] if call.outs else None
+
+    def inner_constants(self, dep: Dependency, call: Call, zeroed: bool) -> list[tuple]:
+        """`(Chan, constants)` of channels inside the layer (none but heads)."""
+        return []
+
     def config(self, layer, config: dict, in_keep, out_keep, fold) -> dict:
         return config
 
@@ -132,9 +143,50 @@ class Pin(Handler):
     """Unknown layers and operations: their channels stay."""
 
 
-class Attention(Pin):
-    """MultiHeadAttention: its channels stay; its FLOPs are the four projections
-    and the attention itself (scores and the weighted sum)."""
+class Attention(Handler):
+    """MultiHeadAttention: its input and output channels stay; its groups are its
+    heads, each its own coupled group. A head whose slice of the output projection
+    is zero adds nothing and goes whole: `num_heads` shrinks and its query, key,
+    value and output slices are removed. FLOPs: the four projections and the
+    attention itself (scores and the weighted sum), all in proportion to the heads.
+    A layer with other weights (a gate) keeps its heads."""
+
+    rounds = False  # round_to is for channel widths: heads are pruned one at a time
+    # where each weight indexes heads (its path inside the layer)
+    _HEAD_AXIS = {"query/kernel": 1, "key/kernel": 1, "value/kernel": 1, "query/bias": 0,
+                  "key/bias": 0, "value/bias": 0, "attention_output/kernel": 0}  # fmt: skip
+
+    @staticmethod
+    def _keys(layer) -> list[str]:
+        return ["/".join(w.path.split("/")[-2:]) for w in layer.weights]
+
+    def trace(self, dep, op, node, ins):
+        for chan in ins:
+            dep.pin(chan)
+        outs = [dep.fresh(t, pinned=True) for t in node.output_tensors]
+        if id(op) in dep.produced:  # a shared layer: the same heads
+            return outs
+        query = node.input_tensors[0]
+        heads = dep.fresh(_Shape((*query.shape[:-1], op.num_heads)))
+        known = set(self._HEAD_AXIS) | {"attention_output/bias"}
+        if not set(self._keys(op)) <= known:
+            dep.pin(heads)
+        dep.produced[id(op)] = (None, heads)
+        dep.readers.append((op, self, heads))  # removable where the head writes zero
+        return outs
+
+    def grouped(self, dep, call):
+        return dep.produced[id(call.op)][1]
+
+    def inner_constants(self, dep, call, zeroed):
+        heads = self.grouped(dep, call)
+        if zeroed:
+            return [(heads, np.zeros(len(heads.ids)))]
+        dead = groups.layer_group_norms(call.op) <= dep.threshold
+        return [(heads, np.where(dead, 0.0, np.nan))]
+
+    def folds(self, layer) -> bool:
+        return False
 
     def flops(self, call, in_frac, out_frac):
         layer, tensors = call.op, call.node.input_tensors
@@ -146,7 +198,28 @@ class Attention(Pin):
         heads, key_dim, value_dim = q[-2], q[-1], v[-1]
         total = math.prod(q) * q_len + (math.prod(k) + math.prod(v)) * kv_len
         total += math.prod(o) * q_len + q_len * kv_len * heads * (key_dim + value_dim)
-        return 2.0 * total
+        return 2.0 * total * out_frac
+
+    def config(self, layer, config, in_keep, out_keep, fold):
+        if out_keep is not None:
+            config["num_heads"] = int(out_keep.size)
+        return config
+
+    def weights(self, layer, weights, in_keep, out_keep, fold):
+        if out_keep is None:
+            return weights
+        return {
+            key: value if key not in self._HEAD_AXIS
+            else np.take(value, out_keep, axis=self._HEAD_AXIS[key])
+            for key, value in weights.items()
+        }  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Shape:
+    """A shape that `Dependency.fresh` numbers like a tensor's (heads have no tensor)."""
+
+    shape: tuple
 
 
 def _same(dep: Dependency, chan: Chan, tensor, axis: int | None = None) -> Chan:
@@ -779,6 +852,8 @@ class Dependency:
             ins = [consts.get(id(c), np.full(len(c.ids), np.nan)) for c in call.ins]
             handler = _PIN if id(call.node) in self.pinned_nodes else call.handler
             for chan, value in zip(call.outs, handler.constant(self, call, ins, zeroed)):
+                consts[id(chan)] = np.asarray(value, dtype=np.float64)
+            for chan, value in handler.inner_constants(self, call, zeroed):
                 consts[id(chan)] = np.asarray(value, dtype=np.float64)
         return consts
 

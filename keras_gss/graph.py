@@ -45,6 +45,7 @@ class LayerInfo:
     inputs: np.ndarray | None = None  # the coupled group of each input channel it reads
     removable: np.ndarray | None = None  # per group: can be removed once zeroed
     input_flops: float = 0.0  # part of dense_flops that scales with live inputs only
+    rounds: bool = True  # `round_to` applies to its groups (not to attention heads)
     dependency: dependency.Dependency | None = None
 
     @property
@@ -145,8 +146,8 @@ def describe(model: keras.Model) -> list[LayerInfo]:
             frozen=not layer.trainable,
             dependency=dep,
         )
-        if calls and len(calls[0].outs[0].ids) == count:
-            out = calls[0].outs[0]
+        out = calls[0].handler.grouped(dep, calls[0]) if calls else None
+        if out is not None and len(out.ids) == count:
             info.coupled = dep.root[out.ids]
             info.removable = could_remove[out.ids]
             info.activations = _positions(out.shape[: out.axis] + out.shape[out.axis + 1 :] + (1,))
@@ -154,6 +155,7 @@ def describe(model: keras.Model) -> list[LayerInfo]:
                 info.inputs = dep.root[calls[0].ins[0].ids]
             info.dense_flops = sum(c.handler.flops(c, 1.0, 1.0) for c in calls)
             info.input_flops = sum(c.handler.flops(c, 1.0, 0.0) for c in calls)
+            info.rounds = calls[0].handler.rounds
         else:  # no graph, or a layer type whose groups are not its output channels
             info.coupled = np.arange(size, size + count)
             info.removable = np.full(count, dep is None)
@@ -168,7 +170,8 @@ class Units:
 
     `members[u]` lists `(layer index, group indices)`; a unit's *family* is the
     set of layers it spans (one layer in a chain, every layer writing into a
-    residual stream in a ResNet): floors and `round_to` apply per family.
+    residual stream in a ResNet): floors and `round_to` apply per family (`rounds[f]`:
+    whether `round_to` applies; not to attention heads).
     """
 
     def __init__(self, infos: list[LayerInfo]):
@@ -187,6 +190,7 @@ class Units:
         index = {key: k for k, key in enumerate(dict.fromkeys(keys))}
         self.family = np.array([index[key] for key in keys], dtype=np.int64)
         self.families = len(index)
+        self.rounds = np.array([all(infos[i].rounds for i in key) for key in index], dtype=bool)
         self.prunable = np.array(
             [
                 all(not infos[i].protected and infos[i].removable[js].all() for i, js in m)

@@ -1,10 +1,12 @@
 """What a group is: the one place that knows how a layer's weight splits into groups.
 
 A *group* is every weight that feeds one output unit (Dense) or one output filter
-(Conv). Each supported layer type has a `GroupSpec` in a registry: which weight is
-grouped, which of its axes index the output units, and which constructor arguments
-hold that weight's regularizer and constraint. Everything else in keras-gss asks
-this module; nothing else inspects layer types.
+(Conv); in a MultiHeadAttention layer, one head's slice of the output projection
+(once it is zero, the head's query, key and value slices feed nothing). Each
+supported layer type has a `GroupSpec` in a registry: which weight is grouped,
+which of its axes index the output units, and which constructor arguments hold
+that weight's regularizer and constraint. Everything else in keras-gss asks this
+module; nothing else inspects layer types.
 
 Example:
 
@@ -218,7 +220,9 @@ def broadcast_mask(mask, shape: Sequence[int], axis: Axis):
 def layer_weight(layer: keras.layers.Layer, spec: GroupSpec | None = None):
     """The grouped variable of a layer (raises if the layer is not built)."""
     spec = spec or get_spec(layer)
-    weight = getattr(layer, spec.weight, None)
+    weight = layer
+    for name in spec.weight.split("."):  # "output_dense.kernel": a sublayer's weight
+        weight = getattr(weight, name, None)
     if weight is None:
         raise ValueError(
             f"Layer '{layer.name}' ({type(layer).__name__}) has no built "
@@ -360,6 +364,10 @@ def _register_builtins() -> None:
         register_layer(cls, weight="pointwise_kernel", prefix="pointwise")
     for cls in (L.DepthwiseConv1D, L.DepthwiseConv2D):
         register_layer(cls, axis=(-2, -1), prefix="depthwise")
+    # one group per attention head: its slice of the output projection, (heads,
+    # value_dim, out), everything the head writes ("heads_*" is no constructor
+    # argument: what is attached to it is not saved with the model)
+    register_layer(L.MultiHeadAttention, "output_dense.kernel", axis=0, prefix="heads", bias=None)
 
 
 _register_builtins()

@@ -285,8 +285,16 @@ def compare_ms(models: list, batch_size: int, runtime: str = "keras",
     timed in turn call by call: the first model's median, and for each other model
     the first's median times the median of its per-round ratios to the first, so
     that the machine's drift (other work, clock changes) cancels in the ratios."""
+    if runtime == "litert" and len(models[0].inputs) > 1:
+        raise ValueError(
+            f"runtime='litert' times models with one input; model '{models[0].name}' has "
+            f"{len(models[0].inputs)} (a cross-attention layer is timed alone with its "
+            "query and value). Use runtime='keras'."
+        )
     calls = [(_litert_call if runtime == "litert" else _keras_call)(m, threads) for m in models]
-    x = np.random.default_rng(0).random((batch_size, *models[0].inputs[0].shape[1:]), "float32")
+    rng = np.random.default_rng(0)
+    xs = [rng.random((batch_size, *t.shape[1:]), "float32") for t in models[0].inputs]
+    x = xs[0] if len(xs) == 1 else xs
     times = _round_times(calls, x, repeats)
     first = 1000.0 * float(np.median(times[:, 0]))
     base = np.maximum(times[:, 0], 1e-9)
@@ -443,17 +451,33 @@ def _config(layer) -> dict:
 
 
 def _variant(call: dependency.Call, batch_size: int, cin: int, cout: int) -> keras.Model:
-    """The call's layer alone, rebuilt for `cin` input and `cout` output channels."""
+    """The call's layer alone, rebuilt for `cin` input and `cout` output channels
+    (heads, for attention), called as in the model (other inputs at their width)."""
     layer, read = call.op, call.ins[0]
     config = _config(layer)
     handler = call.handler
     if isinstance(handler, dependency.Producer):
         config[handler.size_arg] = cout
-    shape = list(read.shape)
-    shape[0] = batch_size
-    shape[read.axis] = cin
-    x = keras.Input(batch_shape=tuple(shape), dtype=layer.compute_dtype)
-    return keras.Model(x, type(layer).from_config(config)(x))
+    elif isinstance(handler, dependency.Attention):
+        config["num_heads"] = cout
+    inputs: dict = {}  # id(tensor) -> its Input (self-attention: one for both)
+
+    def placeholder(tensor):
+        if id(tensor) not in inputs:
+            shape = [batch_size, *tensor.shape[1:]]
+            if not inputs:  # the first input: the channels read
+                shape[read.axis] = cin
+            inputs[id(tensor)] = keras.Input(batch_shape=tuple(shape), dtype=tensor.dtype)
+        return inputs[id(tensor)]
+
+    args = call.node.arguments
+    args, kwargs = keras.tree.map_structure(
+        lambda v: placeholder(v) if isinstance(v, keras.KerasTensor) else v,
+        (args.args, args.kwargs),
+    )
+    out = type(layer).from_config(config)(*args, **kwargs)
+    placeholders = list(inputs.values())
+    return keras.Model(placeholders[0] if len(placeholders) == 1 else placeholders, out)
 
 
 def _signature(call: dependency.Call, full: tuple) -> str:
@@ -599,12 +623,13 @@ def _plan(infos, batch_size, fractions, round_to) -> dict:
         out_free = bool(free.intersection(info.coupled.tolist()))
         in_free = info.inputs is not None and bool(free.intersection(info.inputs.tolist()))
         for call in dep.calls_of(info.layer):
-            cin, cout = len(call.ins[0].ids), len(call.outs[0].ids)
+            cin, cout = len(call.ins[0].ids), len(call.handler.grouped(dep, call).ids)
             depthwise = isinstance(call.handler, dependency.Depthwise)
             key = _signature(call, (cin, cout))
             if key not in entries:
                 width = cin if depthwise else cout  # a depthwise layer: its input width
-                outs = _ladder(width, fractions, round_to) if out_free else [width]
+                step = round_to if call.handler.rounds else 1  # heads: one at a time
+                outs = _ladder(width, fractions, step) if out_free else [width]
                 ins = _ladder(cin, fractions, round_to) if in_free and not depthwise else [cin]
                 m = int(call.op.depth_multiplier) if depthwise else 0
                 entries[key] = {"call": call, "in": ins, "out": outs, "multiplier": m}

@@ -274,7 +274,7 @@ def select(
         for f in range(units.families):
             members = units.family == f
             rest = np.flatnonzero(members & alive & ~doomed)
-            extra = rest.size % round_to
+            extra = rest.size % round_to if units.rounds[f] else 0
             pruned = rest.size < members.sum()  # a full width stays as it is
             if pruned and extra and rest.size - extra >= min_live_groups:
                 weakest = rest[np.argsort(unit_norm[rest], kind="stable")[:extra]]
@@ -320,7 +320,8 @@ def _target(infos, units, rows, norms, masks, dead_units, counts, target, metric
     candidates = []
     for f in range(units.families):
         rest = np.flatnonzero((units.family == f) & alive & ~dead_units)
-        for block in _blocks(rest[np.argsort(scores[rest], kind="stable")], round_to):
+        step = round_to if units.rounds[f] else 1
+        for block in _blocks(rest[np.argsort(scores[rest], kind="stable")], step):
             candidates.append((float(scores[block].max()), f, block))
     candidates.sort(key=lambda c: c[:2])  # stable: a family's blocks keep their order
     for _, _, block in candidates:

@@ -315,3 +315,23 @@ def test_compare_ms_times_the_models_in_turn(monkeypatch):
     assert order == ["a", "b", "c"] * 7
     order.clear()
     assert latency.time_ms(models[1], 4, "keras", repeats=3) >= 0 and order == ["b"] * 5
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_heads_are_profiled_one_head_at_a_time(cross):
+    from tests.test_dependency import encoder_block
+
+    model = encoder_block(heads=4, cross=cross)
+    table = latency.profile(model, 2, "keras", ladder=(0.5, 1.0), repeats=2, verbose=0)
+    (key,) = table.layers["mha"]
+    assert table.entries[key]["out"] == [2, 4]  # heads, not rounded to 8
+    assert table.full["mha"] == [16, 4]
+    infos = graph.describe(model)
+    dead = np.zeros(graph.coupled_size(infos), bool)
+    mha = next(i for i in infos if i.layer.name == "mha")
+    dead[mha.coupled[:3]] = True  # three heads go
+    widths = dict(zip([i.layer.name for i in infos], table.widths(infos, dead)))
+    assert widths["mha"] == (16, 1) and widths["up"] == (16, 32)
+    if keras.backend.backend() == "tensorflow" and cross:
+        with pytest.raises(ValueError, match="one input.*runtime='keras'"):
+            latency.profile(model, 2, "litert", ladder=(0.5, 1.0), repeats=2, verbose=0)
