@@ -152,6 +152,7 @@ class Attention(Handler):
     A layer with other weights (a gate) keeps its heads."""
 
     rounds = False  # round_to is for channel widths: heads are pruned one at a time
+    size_arg = "num_heads"
     # where each weight indexes heads (its path inside the layer)
     _HEAD_AXIS = {"query/kernel": 1, "key/kernel": 1, "value/kernel": 1, "query/bias": 0,
                   "key/bias": 0, "value/bias": 0, "attention_output/kernel": 0}  # fmt: skip
@@ -202,7 +203,7 @@ class Attention(Handler):
 
     def config(self, layer, config, in_keep, out_keep, fold):
         if out_keep is not None:
-            config["num_heads"] = int(out_keep.size)
+            config[self.size_arg] = int(out_keep.size)
         return config
 
     def weights(self, layer, weights, in_keep, out_keep, fold):

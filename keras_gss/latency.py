@@ -456,10 +456,8 @@ def _variant(call: dependency.Call, batch_size: int, cin: int, cout: int) -> ker
     layer, read = call.op, call.ins[0]
     config = _config(layer)
     handler = call.handler
-    if isinstance(handler, dependency.Producer):
-        config[handler.size_arg] = cout
-    elif isinstance(handler, dependency.Attention):
-        config["num_heads"] = cout
+    if isinstance(handler, (dependency.Producer, dependency.Attention)):
+        config[handler.size_arg] = cout  # output channels; heads
     inputs: dict = {}  # id(tensor) -> its Input (self-attention: one for both)
 
     def placeholder(tensor):
