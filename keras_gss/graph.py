@@ -337,7 +337,9 @@ def inline(model: keras.Model) -> keras.Model:
     outputs = outer._run_through_graph(
         inputs[0] if len(inputs) == 1 else inputs, lambda op: operation(op, model.name)
     )
-    flat = keras.Model(inputs, outputs, name=model.name)
+    # the inputs as the model takes them (one tensor, a list or a dict), so that calling
+    # the flat model like the original raises no structure warning
+    flat = keras.Model(keras.tree.pack_sequence_as(outer.input, inputs), outputs, name=model.name)
     for old, new in copies.values():
         new.set_weights([keras.ops.convert_to_numpy(w) for w in old.weights])
     return flat

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -365,6 +366,11 @@ def test_nested_models_are_inlined_and_stay_exact(tmp_path):
     assert widths == [5, 4, 4, 3]
     assert small.count_params() == gss.model_stats(model).live_params
     assert len({layer.name for layer in small.layers}) == len(small.layers)
+    # it takes its input as the original does (one tensor, not a list of one): no warning
+    assert isinstance(small.input, keras.KerasTensor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small(np.zeros((1, 10, 10, 3), "float32"))
     # the original is untouched, and the result is plain Keras
     assert model.get_layer("features").get_layer("dense").kernel.shape[-1] == 8
     small.save(tmp_path / "small.keras")
