@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -39,7 +38,7 @@ import keras_gss as gss  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _meta  # noqa: E402
 
-from keras_gss import datasets, experiment  # noqa: E402
+from keras_gss import datasets, experiment, latency  # noqa: E402
 
 # (row, level, metric, ranking): weight levels ranked by rms, the FLOP level by the
 # cost-aware ranking and by the one that also charges activation memory
@@ -129,16 +128,10 @@ if keras.backend.backend() == "tensorflow":
 
 def paired_ms(call_a, call_b, x, repeats: int) -> tuple[float, float]:
     """Medians of `call_a(x)` and `call_b(x)` timed alternately, call by call, so a
-    change of machine speed during the run hits both alike."""
-    for call in (call_a, call_b, call_a, call_b):  # warm-up: trace and allocate
-        call(x)
-    times: tuple[list, list] = ([], [])
-    for _ in range(repeats):
-        for call, out in ((call_a, times[0]), (call_b, times[1])):
-            start = time.perf_counter()
-            call(x)
-            out.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times[0])), 1000 * float(np.median(times[1]))
+    change of machine speed during the run hits both alike (the timing loop of
+    `keras_gss.latency.compare_ms`: two untimed rounds, then `repeats` rounds)."""
+    times = latency._round_times([call_a, call_b], x, repeats)
+    return 1000 * float(np.median(times[:, 0])), 1000 * float(np.median(times[:, 1]))
 
 
 def floor_model(input_shape) -> keras.Model:

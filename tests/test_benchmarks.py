@@ -129,3 +129,26 @@ def test_latency_budget_combines_seeds_run_apart(tmp_path):
     assert (tmp_path / "both" / "latency_budget.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="same row twice"):
         latency_budget.main(["--combine", a, a, "--out", str(tmp_path / "twice")])
+
+
+def test_paired_ms_times_the_two_calls_alternately(monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import inference_speed
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    clock, order = [0.0], []
+
+    def call(name, seconds):
+        def run(x):
+            order.append(name)
+            clock[0] += seconds
+
+        return run
+
+    monkeypatch.setattr(inference_speed.latency.time, "perf_counter", lambda: clock[0])
+    a_ms, b_ms = inference_speed.paired_ms(call("a", 0.001), call("b", 0.003), None, repeats=5)
+    assert (a_ms, b_ms) == (pytest.approx(1.0), pytest.approx(3.0))
+    assert order == ["a", "b"] * 7  # two untimed rounds, then five timed
