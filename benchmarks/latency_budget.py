@@ -119,25 +119,36 @@ def run_net(net, seed, args, data, cache: Path) -> list[dict]:
 
 
 def summarize(rows: list[dict]) -> str:
+    """One line per net, batch, budget and method: means over the seeds (± sd when
+    there are several), and in how many seeds the measured latency was within 10 %
+    of the budget."""
     lines = [
-        "| net | batch | budget | method | measured / budget | accuracy % (drop) | "
-        "FLOPs left | predicted / measured ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| net | batch | budget | method | seeds | measured / budget | within 10 % | "
+        "speedup | accuracy % (drop) | FLOPs left | predicted / measured ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def spread(values, fmt):
+        text = format(np.mean(values), fmt)
+        return text + (f" ± {np.std(values, ddof=1):{fmt}}" if len(values) > 1 else "")
+
     keys = sorted({(r["net"], r["batch"], -r["budget"], r["method"]) for r in rows})
     for net, batch, budget, method in keys:
         group = [r for r in rows if (r["net"], r["batch"], -r["budget"], r["method"]) ==
                  (net, batch, budget, method)]  # fmt: skip
-        ratio = np.mean([r["ms"] / r["budget_ms"] for r in group])
-        acc = np.mean([100 * r["accuracy"] for r in group])
+        over = [r["ms"] / r["budget_ms"] for r in group]
+        within = sum(abs(v - 1.0) <= 0.10 for v in over)
+        speedup = np.mean([r["dense_ms"] / r["ms"] for r in group])
+        acc = spread([100 * r["accuracy"] for r in group], ".2f")
         drop = np.mean([100 * (r["dense_accuracy"] - r["accuracy"]) for r in group])
         flops = np.mean([r["flop_ratio"] for r in group])
         # the predicted latency ratio against the measured one (paired with the dense
         # model), so that the machine's speed at profiling time does not enter
         pred = np.mean([r["predicted_ratio"] / (r["ms"] / r["dense_ms"]) for r in group])
         lines.append(
-            f"| {net} | {batch} | 1/{round(-1 / budget)} | {method} | {ratio:.2f} | "
-            f"{acc:.2f} ({drop:+.2f}) | {flops:.2f} | {pred:.2f} |"
+            f"| {net} | {batch} | 1/{round(-1 / budget)} | {method} | {len(group)} | "
+            f"{spread(over, '.2f')} | {within} of {len(group)} | {speedup:.2f}x | "
+            f"{acc} ({drop:+.2f}) | {flops:.2f} | {pred:.2f} |"
         )
     return "\n".join(lines)
 
