@@ -19,7 +19,8 @@ pruning; the table's prediction within 15 % of the measured compact model.
     python benchmarks/latency_budget.py             # full data, 3 seeds
 
 Prints a table; writes results.json, table.md and latency_budget.png to --out.
-The latency tables are cached under --cache (not in git).
+The latency tables and the trained dense nets are cached under --cache (not in
+git; delete it after changing a net or the training).
 """
 
 from __future__ import annotations
@@ -58,10 +59,18 @@ def run_net(net, seed, args, data, cache: Path) -> list[dict]:
     keras.utils.set_random_seed(seed)
     start = time.time()
     dense = compiled(NETS[net](), args.lr)
-    dense.fit(x, y, batch_size=128, epochs=args.epochs, verbose=0)
+    # the trained dense net is cached too, so that a later run at another batch
+    # size (or budget) starts from the same weights without training again
+    saved = cache / f"{net}-seed{seed}-e{args.epochs}-n{len(x)}-lr{args.lr:g}.weights.h5"
+    if saved.exists():
+        dense.load_weights(saved)
+        print(f"  {net} seed {seed}: trained weights loaded from {saved}", flush=True)
+    else:
+        dense.fit(x, y, batch_size=128, epochs=args.epochs, verbose=0)
+        dense.save_weights(saved)
+        print(f"  {net} seed {seed}: trained in {time.time() - start:.0f} s", flush=True)
     weights = dense.get_weights()
     dense_acc = accuracy(dense, xt, yt)
-    print(f"  {net} seed {seed}: trained in {time.time() - start:.0f} s", flush=True)
     tables = {}
     for batch in args.batches:
         start = time.time()
