@@ -162,6 +162,39 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def equal_latency(rows: list[dict]) -> str:
+    """Accuracy at equal measured latency: each latency-targeted model against the
+    FLOP-targeted models of the same net, seed and batch, their accuracy
+    interpolated linearly in measured speedup (only inside the FLOP models' range)."""
+    lines = [
+        "| net | batch | method | compared | accuracy - FLOP target at equal speedup "
+        "(mean, range) | faster than every FLOP-target model |",
+        "|---|---|---|---|---|---|",
+    ]
+    for net, batch, method in sorted({(r["net"], r["batch"], r["method"]) for r in rows}):
+        if method == "flops":
+            continue
+        diffs, faster, total = [], 0, 0
+        for seed in sorted({r["seed"] for r in rows}):
+            same = [r for r in rows if (r["net"], r["batch"], r["seed"]) == (net, batch, seed)]
+            curve = sorted((r["dense_ms"] / r["ms"], 100 * r["accuracy"])
+                           for r in same if r["method"] == "flops")  # fmt: skip
+            for r in (r for r in same if r["method"] == method):
+                total += 1
+                speedup = r["dense_ms"] / r["ms"]
+                if not curve:
+                    continue
+                if curve[0][0] <= speedup <= curve[-1][0]:
+                    xs, ys = zip(*curve)
+                    diffs.append(100 * r["accuracy"] - float(np.interp(speedup, xs, ys)))
+                faster += speedup > curve[-1][0]
+        spread = (f"{np.mean(diffs):+.2f} ({min(diffs):+.2f} to {max(diffs):+.2f})"
+                  if diffs else "-")  # fmt: skip
+        lines.append(f"| {net} | {batch} | {method} | {len(diffs)} of {total} | {spread} | "
+                     f"{faster} of {total} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def figure(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -203,7 +236,7 @@ def combine(paths: list[str], out: Path) -> int:
         raise SystemExit("--combine: the files hold the same row twice (net, seed, batch, "
                          "budget, method); combine runs of different seeds or nets.")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    text = summarize(rows)
+    text = summarize(rows) + "\n\nAt equal measured latency:\n\n" + equal_latency(rows)
     (out / "table.md").write_text("Combined from:\n\n" + "\n".join(f"- {c}" for c in commands)
                                   + f"\n\n{text}\n")  # fmt: skip
     figure(rows, out / "latency_budget.png")
@@ -258,7 +291,7 @@ def main(argv=None) -> int:
             (out / "results.json").write_text(
                 json.dumps({"meta": meta, "rows": rows}, indent=1, default=list)
             )
-    text = summarize(rows)
+    text = summarize(rows) + "\n\nAt equal measured latency:\n\n" + equal_latency(rows)
     (out / "table.md").write_text(f"{_meta.header(meta)}, {time.time() - start:.0f} s\n\n{text}\n")
     figure(rows, out / "latency_budget.png")
     print(text)

@@ -135,6 +135,30 @@ def test_latency_budget_combines_seeds_run_apart(tmp_path):
         latency_budget.main(["--combine", a, a, "--out", str(tmp_path / "twice")])
 
 
+def test_latency_budget_compares_accuracy_at_equal_measured_latency():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import latency_budget
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def row(method, budget, ms, acc):
+        return {"net": "lenet", "seed": 0, "batch": 32, "budget": budget, "method": method,
+                "dense_ms": 6.0, "ms": ms, "accuracy": acc}  # fmt: skip
+
+    rows = [
+        row("flops", 1 / 2, 3.0, 0.90),  # 2x
+        row("flops", 1 / 3, 2.0, 0.80),  # 3x
+        row("latency", 1 / 2, 2.4, 0.86),  # 2.5x: the FLOP models give 85 % there
+        row("latency", 1 / 3, 1.5, 0.70),  # 4x: faster than any FLOP model
+    ]
+    table = latency_budget.equal_latency(rows)
+    assert "| lenet | 32 | latency | 1 of 2 | +1.00 (+1.00 to +1.00) | 1 of 2 |" in table
+    assert "| flops |" not in table
+
+
 def test_paired_ms_times_the_two_calls_alternately(monkeypatch):
     import sys
 
