@@ -423,7 +423,10 @@ def prune_to_budget(
 
 def _next_target(rounds: list, goal: float) -> float:
     """The next target: the secant through the two rounds nearest the goal when they
-    bracket or slope the right way, else the last target rescaled by goal / measured."""
+    bracket or slope the right way, else the last target rescaled by goal / measured;
+    kept inside the bracket the rounds measured (the largest target still too slow,
+    the smallest already fast enough), else the bracket's midpoint: two rounds that
+    measure alike within noise give a nearly flat secant that would jump far."""
     last = rounds[-1]
     guess = 1.0 - (1.0 - last["target"]) * goal / last["ms"]
     if len(rounds) >= 2:
@@ -434,6 +437,10 @@ def _next_target(rounds: list, goal: float) -> float:
         ):
             slope = (b["ms"] - a["ms"]) / (b["target"] - a["target"])
             guess = a["target"] + (goal - a["ms"]) / slope
+    slow = [r["target"] for r in rounds if r["ms"] > goal]
+    fast = [r["target"] for r in rounds if r["ms"] < goal]
+    if slow and fast and max(slow) < min(fast) and not max(slow) < guess < min(fast):
+        guess = (max(slow) + min(fast)) / 2
     return min(0.99, max(0.0, guess))
 
 
@@ -550,9 +557,7 @@ def profile(
     entries = {}
     for key, e in plan["entries"].items():
         rows = e["in"] if len(e["in"]) > 1 else e["in"][:1]
-        grid = np.array([[ms[(key, a, b)] for b in e["out"]] for a in rows])
-        # more channels never take less time: a timing below a narrower one is noise
-        grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=0), axis=1).tolist()
+        grid = _monotone(np.array([[ms[(key, a, b)] for b in e["out"]] for a in rows]))
         entries[key] = {"in": e["in"] if len(rows) > 1 else [], "out": e["out"], "ms": grid,
                         "multiplier": e["multiplier"]}  # fmt: skip
     table = LatencyTable(batch_size, runtime, threads, 0.0, entries, plan["layers"],
@@ -574,6 +579,18 @@ def profile(
     if path is not None:
         table.save(path)
     return table
+
+
+def _monotone(grid: np.ndarray) -> list:
+    """More channels never take less time: a timing above a wider one is noise (a
+    spike), lowered to it (rows: input widths, columns: output widths). A running
+    minimum from the widest width, not a running maximum from the narrowest, which
+    carries a spike to every wider entry (benchmarks/probes/probe_table_envelope.py:
+    90th-percentile entry error 0.27 against 0.43 on LeNet, 0.23 against 0.52 on
+    ResNet-20)."""
+    flipped = grid[::-1, ::-1]
+    low = np.minimum.accumulate(np.minimum.accumulate(flipped, axis=0), axis=1)
+    return low[::-1, ::-1].tolist()
 
 
 def _sum(table: LatencyTable, infos, dead) -> float:

@@ -296,6 +296,41 @@ def test_prune_to_budget_warns_when_the_budget_is_out_of_reach(monkeypatch):
     assert result.ms > 0.15 * 1.1 and len(result.rounds) <= 3
 
 
+def test_monotone_lowers_a_spike_to_the_wider_timing():
+    # rows: input widths, columns: output widths; 9.0 is a spike (the wider 4.0, 5.0
+    # say the layer is cheaper there), 1.5 a timing below a narrower one (2.0)
+    grid = np.array([[1.0, 2.0, 3.0], [2.0, 9.0, 4.0], [1.5, 4.0, 5.0]])
+    got = np.array(latency._monotone(grid))
+    # independent reference: each entry is the least timing at or beyond its widths
+    want = np.array([[grid[i:, j:].min() for j in range(3)] for i in range(3)])
+    np.testing.assert_array_equal(got, want)
+    assert got[1, 1] == 4.0 and got[0, 0] == 1.0 and got[1, 0] == 1.5
+    assert (np.diff(got, axis=0) >= 0).all() and (np.diff(got, axis=1) >= 0).all()
+    one_row = np.array([[0.3, 0.2, 0.5]])  # a layer whose input width is fixed
+    assert latency._monotone(one_row) == [[0.2, 0.2, 0.5]]
+
+
+def test_next_target_stays_inside_the_measured_bracket():
+    # rounds as latency_budget.py measured them on LeNet at batch 1 (goal about 0.159
+    # ms): the two nearest the goal measure alike (0.132 ms, noise sets the last
+    # digit), so their secant is nearly flat; it pointed at a target of 0 (the dense
+    # model), and the next round measured 0.613 ms
+    rounds = [
+        {"target": 0.750, "ms": 0.1319},
+        {"target": 0.699, "ms": 0.202},
+        {"target": 0.731, "ms": 0.192},
+        {"target": 0.741, "ms": 0.1321},
+    ]
+    assert 0.731 < latency._next_target(rounds, 0.159) < 0.741
+    # a secant inside the bracket is kept: 0.75 + (0.159 - 0.132) / slope
+    two = [{"target": 0.750, "ms": 0.132}, {"target": 0.699, "ms": 0.202}]
+    slope = (0.202 - 0.132) / (0.699 - 0.750)
+    assert latency._next_target(two, 0.159) == pytest.approx(0.75 + 0.027 / slope)
+    # with no bracket yet (every round too slow), the rescaled last target
+    slow = [{"target": 0.5, "ms": 0.4}]
+    assert latency._next_target(slow, 0.2) == pytest.approx(1 - 0.5 * 0.2 / 0.4)
+
+
 def test_compare_ms_times_the_models_in_turn(monkeypatch):
     order = []
 
