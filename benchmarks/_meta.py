@@ -40,3 +40,16 @@ def header(info: dict) -> str:
     """The first line of a table.md: how to make it again."""
     return (f"Command: `{info['command']}` at {info['commit'][:10]} ({info['backend']}, "
             f"Keras {info['keras']}, {info['machine']})")  # fmt: skip
+
+
+def write(out: str | os.PathLike, script: str, argv, args, rows: list, text: str,
+          stem: tuple[str, str] = ("results", "table")) -> None:  # fmt: skip
+    """A probe's files in `out`: `<stem[0]>.json` (`{"meta", "rows"}`) and
+    `<stem[1]>.md` (the command line, then `text`)."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = meta(script, argv, args=vars(args))
+    (out / f"{stem[0]}.json").write_text(json.dumps({"meta": info, "rows": rows}, indent=1))
+    (out / f"{stem[1]}.md").write_text(f"{header(info)}\n\n{text}\n")

@@ -51,13 +51,37 @@ def test_every_benchmark_imports_and_records_where_it_ran():
     assert re.fullmatch(r"[0-9a-f]{40}", info["commit"]) and info["data"] == "mnist"
     assert info["commit"][:10] in _meta.header(info) and info["keras"] in _meta.header(info)
     scripts = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "_meta")
-    code = "import sys; sys.path.insert(0, 'benchmarks'); " + "; ".join(
-        f"import {name}" for name in scripts
+    probes = sorted(p.stem for p in (ROOT / "benchmarks" / "probes").glob("probe_*.py")
+                    if "def main(" in p.read_text())  # the others are one-off scripts  # fmt: skip
+    code = "import sys; sys.path[:0] = ['benchmarks', 'benchmarks/probes']; " + "; ".join(
+        f"import {name}" for name in scripts + probes
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(scripts) >= 8
+    assert len(scripts) >= 8 and len(probes) >= 3
+
+
+def test_a_probe_writes_its_rows_and_table_with_the_command(tmp_path):
+    import argparse
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _meta
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    args = argparse.Namespace(nets=["lenet"], out=str(tmp_path / "x"))
+    rows = [{"net": "lenet", "error": 0.25}]
+    _meta.write(args.out, "probes/p.py", ["--nets", "lenet"], args, rows, "| a |")
+    saved = json.loads((tmp_path / "x" / "results.json").read_text())
+    assert saved["rows"] == rows and saved["meta"]["args"] == vars(args)
+    table = (tmp_path / "x" / "table.md").read_text()
+    assert table.startswith("Command: `python benchmarks/probes/p.py --nets lenet` at ")
+    assert table.endswith("\n\n| a |\n")
+    _meta.write(args.out, "probes/p.py", [], args, rows, "t", stem=("run1", "run1"))
+    assert (tmp_path / "x" / "run1.json").exists() and (tmp_path / "x" / "run1.md").exists()
 
 
 def test_every_file_the_docs_cite_is_in_git():

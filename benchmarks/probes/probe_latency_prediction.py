@@ -17,7 +17,6 @@ table.md to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -98,11 +97,7 @@ def main(argv=None) -> int:
     text = summarize(rows)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = _meta.meta("probes/probe_latency_prediction.py", argv, args=vars(args))
-        (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        (out / "table.md").write_text(f"{_meta.header(meta)}\n\n{text}\n")
+        _meta.write(args.out, "probes/probe_latency_prediction.py", argv, args, rows, text)
     return 0
 
 

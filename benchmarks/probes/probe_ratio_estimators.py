@@ -14,7 +14,6 @@ once on a quiet machine and once beside other work (`--label`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -82,11 +81,8 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = _meta.meta("probes/probe_ratio_estimators.py", argv, args=vars(args))
-        (out / f"{args.label}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        (out / f"{args.label}.md").write_text(f"{_meta.header(meta)}\n\n{text}\n")
+        _meta.write(args.out, "probes/probe_ratio_estimators.py", argv, args, rows, text,
+                    stem=(args.label, args.label))  # fmt: skip
     return 0
 
 

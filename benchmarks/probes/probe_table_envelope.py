@@ -24,7 +24,6 @@ Run it on a quiet machine. Writes results.json and table.md to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -117,11 +116,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = _meta.meta("probes/probe_table_envelope.py", argv, args=vars(args))
-        (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        (out / "table.md").write_text(f"{_meta.header(meta)}\n\n{text}\n")
+        _meta.write(args.out, "probes/probe_table_envelope.py", argv, args, rows, text)
     return 0
 
 
