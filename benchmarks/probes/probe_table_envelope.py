@@ -1,22 +1,22 @@
 """Probe: which monotone envelope makes a latency table's entries repeat best.
 
 `latency.profile` times each layer at a ladder of widths, then makes every grid
-monotone (more channels never take less time) with `latency._monotone`: a running
-maximum from the narrowest width. A single timing that spikes upward (this
-machine is small and shared) is then carried to every wider entry of its row and
-column. This probe profiles the same untrained nets `--profiles` times (latency
-does not depend on the weights' values), keeps the raw grids, and compares
-envelopes of one profile with the reference, the per-entry median of all the raw
-grids:
+monotone (more channels never take less time) with `latency._monotone`. It used
+a running maximum from the narrowest width, which carries a single timing that
+spikes upward (this machine is small and shared) to every wider entry of its row
+and column; after this probe it uses the running minimum from the widest. This
+probe profiles the same untrained nets `--profiles` times (latency does not
+depend on the weights' values), keeps the raw grids, and compares envelopes of
+one profile with the reference, the per-entry median of all the raw grids:
 
-- `max-below`: the running maximum from the narrowest width (what profile does);
+- `max-below`: the running maximum from the narrowest width (what profile did);
 - `min-above`: the running minimum from the widest width (a spike is lowered to
-  the wider timing; a spike at the widest width stays);
+  the wider timing; a spike at the widest width stays; what profile does now);
 - `midpoint`: the mean of the two (monotone too);
 - `raw`: no envelope (not monotone), for scale.
 
     python benchmarks/probes/probe_table_envelope.py --nets lenet resnet20 \
-        --out benchmarks/results/table_envelope
+        --profiles 4 --out benchmarks/results/table_envelope
 
 Run it on a quiet machine. Writes results.json and table.md to --out.
 """
