@@ -45,9 +45,12 @@ def max_below(g: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(np.maximum.accumulate(g, axis=0), axis=1)
 
 
+_PROFILES_ENVELOPE = latency._monotone  # taken before raw_profiles swaps it out
+
+
 def min_above(g: np.ndarray) -> np.ndarray:
-    flipped = g[::-1, ::-1]
-    return np.minimum.accumulate(np.minimum.accumulate(flipped, axis=0), axis=1)[::-1, ::-1]
+    """The running minimum from the widest width: `latency._monotone` itself."""
+    return np.asarray(_PROFILES_ENVELOPE(g))
 
 
 ENVELOPES = {
