@@ -195,6 +195,11 @@ def equal_latency(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report(rows: list[dict]) -> str:
+    """The per-budget table, then the accuracy at equal measured latency."""
+    return summarize(rows) + "\n\nAt equal measured latency:\n\n" + equal_latency(rows)
+
+
 def figure(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -236,7 +241,7 @@ def combine(paths: list[str], out: Path) -> int:
         raise SystemExit("--combine: the files hold the same row twice (net, seed, batch, "
                          "budget, method); combine runs of different seeds or nets.")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    text = summarize(rows) + "\n\nAt equal measured latency:\n\n" + equal_latency(rows)
+    text = report(rows)
     (out / "table.md").write_text("Combined from:\n\n" + "\n".join(f"- {c}" for c in commands)
                                   + f"\n\n{text}\n")  # fmt: skip
     figure(rows, out / "latency_budget.png")
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
             (out / "results.json").write_text(
                 json.dumps({"meta": meta, "rows": rows}, indent=1, default=list)
             )
-    text = summarize(rows) + "\n\nAt equal measured latency:\n\n" + equal_latency(rows)
+    text = report(rows)
     (out / "table.md").write_text(f"{_meta.header(meta)}, {time.time() - start:.0f} s\n\n{text}\n")
     figure(rows, out / "latency_budget.png")
     print(text)

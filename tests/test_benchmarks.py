@@ -10,6 +10,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def benchmark(name: str):
+    """`benchmarks/<name>.py` imported (the scripts import each other by bare names)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
 def tracked_results() -> list[str]:
     out = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -41,11 +53,7 @@ def test_readme_results_at_a_glance_are_the_committed_table():
 def test_every_benchmark_imports_and_records_where_it_ran():
     import sys
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import _meta
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    _meta = benchmark("_meta")
     info = _meta.meta("residual_nets.py", ["--quick"], data="mnist")
     assert info["command"] == "python benchmarks/residual_nets.py --quick"
     assert re.fullmatch(r"[0-9a-f]{40}", info["commit"]) and info["data"] == "mnist"
@@ -65,13 +73,8 @@ def test_every_benchmark_imports_and_records_where_it_ran():
 def test_a_probe_writes_its_rows_and_table_with_the_command(tmp_path):
     import argparse
     import json
-    import sys
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import _meta
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    _meta = benchmark("_meta")
     args = argparse.Namespace(nets=["lenet"], out=str(tmp_path / "x"))
     rows = [{"net": "lenet", "error": 0.25}]
     _meta.write(args.out, "probes/p.py", ["--nets", "lenet"], args, rows, "| a |")
@@ -106,7 +109,6 @@ def test_every_file_the_docs_cite_is_in_git():
 
 def test_latency_budget_combines_seeds_run_apart(tmp_path):
     import json
-    import sys
 
     def run(seed, acc, latency_ms):
         rows = [
@@ -140,11 +142,7 @@ def test_latency_budget_combines_seeds_run_apart(tmp_path):
         return str(path)
 
     a, b = run(0, 0.80, 1.0), run(1, 0.86, 1.2)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import latency_budget
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    latency_budget = benchmark("latency_budget")
     assert latency_budget.main(["--combine", a, b, "--out", str(tmp_path / "both")]) == 0
     table = (tmp_path / "both" / "table.md").read_text()
     assert "--first-seed 0" in table and "--first-seed 1" in table
@@ -160,13 +158,8 @@ def test_latency_budget_combines_seeds_run_apart(tmp_path):
 
 
 def test_latency_budget_compares_accuracy_at_equal_measured_latency():
-    import sys
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import latency_budget
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    latency_budget = benchmark("latency_budget")
 
     def row(method, budget, ms, acc):
         return {"net": "lenet", "seed": 0, "batch": 32, "budget": budget, "method": method,
@@ -184,13 +177,8 @@ def test_latency_budget_compares_accuracy_at_equal_measured_latency():
 
 
 def test_paired_ms_times_the_two_calls_alternately(monkeypatch):
-    import sys
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import inference_speed
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    inference_speed = benchmark("inference_speed")
     clock, order = [0.0], []
 
     def call(name, seconds):
