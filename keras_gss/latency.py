@@ -41,11 +41,12 @@ import keras
 import numpy as np
 
 from keras_gss import dependency, graph
-from keras_gss._validate import int_at_least
+from keras_gss._validate import int_at_least, non_negative
 
 RUNTIMES = ("litert", "keras")
 LADDER = (0.125, 0.25, 0.5, 0.75, 1.0)
 CALIBRATION = (0.75, 0.5, 0.375, 0.25)  # widths of the whole models timed for the fit
+MIN_SAMPLE_MS = 0.0  # a timed sample repeats a faster call until it lasts this long
 
 
 @dataclasses.dataclass
@@ -274,45 +275,65 @@ def _keras_call(model: keras.Model, threads: int | None):
 
 
 def time_ms(model: keras.Model, batch_size: int, runtime: str = "keras",
-            threads: int | None = None, repeats: int = 20) -> float:  # fmt: skip
+            threads: int | None = None, repeats: int = 20,
+            min_sample_ms: float | None = None) -> float:  # fmt: skip
     """Median ms of one forward pass of `model` on a random batch of `batch_size`."""
-    return compare_ms([model], batch_size, runtime, threads, repeats)[0]
+    return compare_ms([model], batch_size, runtime, threads, repeats, min_sample_ms)[0]
 
 
 def compare_ms(models: list, batch_size: int, runtime: str = "keras",
-               threads: int | None = None, repeats: int = 20) -> list[float]:  # fmt: skip
+               threads: int | None = None, repeats: int = 20,
+               min_sample_ms: float | None = None) -> list[float]:  # fmt: skip
     """Latency in ms of one forward pass of each of `models` (same input shape),
     timed in turn call by call: the first model's median, and for each other model
     the first's median times the median of its per-round ratios to the first, so
-    that the machine's drift (other work, clock changes) cancels in the ratios."""
+    that the machine's drift (other work, clock changes) cancels in the ratios.
+    A call faster than `min_sample_ms` is repeated back to back within each timed
+    sample (every model the same number of times) and the sample's mean taken, so
+    that a sub-millisecond call is not timed against the clock's and the
+    scheduler's own jitter (None: `latency.MIN_SAMPLE_MS`, which `profile` and
+    `prune_to_budget` use)."""
     if runtime == "litert" and len(models[0].inputs) > 1:
         raise ValueError(
             f"runtime='litert' times models with one input; model '{models[0].name}' has "
             f"{len(models[0].inputs)} (a cross-attention layer is timed alone with its "
             "query and value). Use runtime='keras'."
         )
+    if min_sample_ms is None:
+        min_sample_ms = MIN_SAMPLE_MS
+    min_sample_ms = non_negative("min_sample_ms", min_sample_ms)
     calls = [(_litert_call if runtime == "litert" else _keras_call)(m, threads) for m in models]
     rng = np.random.default_rng(0)
     xs = [rng.random((batch_size, *t.shape[1:]), "float32") for t in models[0].inputs]
     x = xs[0] if len(xs) == 1 else xs
-    times = _round_times(calls, x, repeats)
+    times = _round_times(calls, x, repeats, min_sample_ms / 1000.0)
     first = 1000.0 * float(np.median(times[:, 0]))
     base = np.maximum(times[:, 0], 1e-9)
     return [first] + [first * float(np.median(times[:, k] / base))
                       for k in range(1, len(calls))]  # fmt: skip
 
 
-def _round_times(calls: list, x, repeats: int) -> np.ndarray:
-    """Seconds of each call on `x`, `[round, call]`: two untimed rounds, then
-    `repeats` rounds of every call in turn (what `compare_ms` aggregates)."""
-    for call in calls + calls:
-        call(x)
+def _round_times(calls: list, x, repeats: int, min_sample_s: float = 0.0) -> np.ndarray:
+    """Seconds of one call of each on `x`, `[round, call]`: two untimed rounds,
+    then `repeats` rounds of every call in turn (what `compare_ms` aggregates).
+    Each sample is the mean of `n` calls back to back, `n` (the same for every
+    call) the fewest that make the fastest call's sample last `min_sample_s`, as
+    its quicker untimed call measured (at most 1,000)."""
+    warm = np.zeros((2, len(calls)))
+    for r in range(2):
+        for k, call in enumerate(calls):
+            start = time.perf_counter()
+            call(x)
+            warm[r, k] = time.perf_counter() - start
+    fastest = max(float(warm.min()), 1e-7)
+    n = min(1000, max(1, math.ceil(min_sample_s / fastest)))
     times = np.zeros((repeats, len(calls)))
     for r in range(repeats):
         for k, call in enumerate(calls):
             start = time.perf_counter()
-            call(x)
-            times[r, k] = time.perf_counter() - start
+            for _ in range(n):
+                call(x)
+            times[r, k] = (time.perf_counter() - start) / n
     return times
 
 

@@ -352,6 +352,36 @@ def test_compare_ms_times_the_models_in_turn(monkeypatch):
     assert latency.time_ms(models[1], 4, "keras", repeats=3) >= 0 and order == ["b"] * 5
 
 
+def test_a_fast_call_is_repeated_within_each_timed_sample(monkeypatch):
+    clock, order = [0.0], []
+
+    def call(name, seconds):
+        def run(x):
+            order.append(name)
+            clock[0] += seconds
+
+        return run
+
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+    calls = [call("a", 0.0005), call("b", 0.0015)]
+    times = latency._round_times(calls, None, repeats=3, min_sample_s=0.002)
+    # the fastest call (0.5 ms) needs 4 calls for a 2 ms sample; b is called as often
+    assert order == ["a", "b"] * 2 + (["a"] * 4 + ["b"] * 4) * 3
+    np.testing.assert_allclose(times, [[0.0005, 0.0015]] * 3)
+    order.clear()
+    latency._round_times([call("z", 0.0)], None, repeats=1, min_sample_s=0.002)
+    assert len(order) == 2 + 1000  # an instant call: at most 1,000 per sample
+    order.clear()
+    latency._round_times(calls, None, repeats=2)  # no minimum: one call per sample
+    assert order == ["a", "b"] * 4
+
+
+def test_compare_ms_rejects_a_negative_min_sample():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="min_sample_ms"):
+        latency.compare_ms([model], 2, "keras", repeats=2, min_sample_ms=-1.0)
+
+
 @pytest.mark.parametrize("cross", [False, True])
 def test_attention_heads_are_profiled_one_head_at_a_time(cross):
     from tests.test_dependency import encoder_block
