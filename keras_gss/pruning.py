@@ -18,9 +18,10 @@ lowest score up:
   (a LeNet's first convolution holds 3 % of the FLOPs but two thirds of the
   activations). Comparing norms within each layer keeps a layer of large weights
   (a first convolution with one input channel) from being spared whole.
-- `"latency"`: rms divided by the fraction of the predicted latency that the
-  group's own slice saves at the layer's current live widths (a
-  `keras_gss.latency.LatencyTable` is needed): importance per millisecond.
+- `"latency"`: rms divided by the fraction of the predicted latency that one
+  live output channel of the group's layer costs on average at its current live
+  widths (a `keras_gss.latency.LatencyTable` is needed): importance per
+  millisecond.
 - `"auto"`: `"rms"` for weight targets, `"hybrid"` for FLOP targets (what the
   benchmark measured to work best for each), `"latency"` for latency targets.
 
@@ -146,16 +147,17 @@ def unit_scores(
 
 
 def latency_saved(infos: list[graph.LayerInfo], dead, latency_table) -> list[np.ndarray]:
-    """Per layer and group: the share of the predicted latency that removing one
-    output channel of the layer saves at its current live widths (its own slice)."""
+    """Per layer and group: the share of the predicted latency that one live output
+    channel of the layer costs on average at its current live widths (the layer's
+    predicted time over its live output width), as the FLOP ranking charges a
+    group its layer's FLOPs over its groups. Not the step that one channel fewer
+    saves: a layer's time moves in steps (a vector unit's width), and on a flat
+    step that saving is nothing, so the layer would never be pruned."""
     cost, offset = latency_table.cost(infos)
     widths = latency_table.widths(infos, dead)
-    total = offset + sum(cost(k, *w) for k, w in enumerate(widths))
-    out = []
-    for k, (info, (cin, cout)) in enumerate(zip(infos, widths)):
-        saved = cost(k, cin, cout) - cost(k, cin, max(cout - 1.0, 0.0))
-        out.append(np.full(info.groups, max(saved, 0.0) / max(total, 1e-30)))
-    return out
+    total = max(offset + sum(cost(k, *w) for k, w in enumerate(widths)), 1e-30)
+    return [np.full(info.groups, cost(k, cin, cout) / max(cout, 1.0) / total)
+            for k, (info, (cin, cout)) in enumerate(zip(infos, widths))]  # fmt: skip
 
 
 def group_scores(

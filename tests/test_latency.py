@@ -73,11 +73,28 @@ def test_latency_ranking_matches_numpy():
     none = np.zeros(graph.coupled_size(infos), dtype=bool)
     scores = pruning.group_scores(infos, norms, none, "latency", table)
     total = numpy_ms(16, 16)
-    # removing one output channel of a saves scale*COST_a*8 (its own slice), of b scale*COST_b*16
+    # a channel's mean cost: a's time over its 16 outputs, scale*COST_a*8*16/16, b's
+    # scale*COST_b*16 (on these bilinear costs also what one channel fewer saves)
     for k, (name, saved) in enumerate([("a", 2.0 * COST["a"] * 8), ("b", 2.0 * COST["b"] * 16)]):
         kernel = model.get_layer(name).kernel.numpy()
         rms = np.linalg.norm(kernel, axis=0) / np.sqrt(kernel.shape[0])
         np.testing.assert_allclose(scores[k], rms / (saved / total), rtol=1e-6)
+
+
+def test_a_layer_flat_in_its_output_width_is_charged_its_mean_channel_cost():
+    model, table = chain(), hand_table()
+    flat = COST["a"] * 8 * 16  # a takes as long at any output width (a vector unit's width)
+    table.entries["a"]["ms"] = [[flat] * len(table.entries["a"]["out"])]
+    infos = graph.describe(model)
+    _, norms = pruning.measure(infos, 0.0)
+    none = np.zeros(graph.coupled_size(infos), dtype=bool)
+    scores = pruning.group_scores(infos, norms, none, "latency", table)
+    total = 0.5 + 2.0 * (flat + COST["b"] * 16 * 16)
+    kernel = model.get_layer("a").kernel.numpy()
+    rms = np.linalg.norm(kernel, axis=0) / np.sqrt(kernel.shape[0])
+    # one channel fewer saves nothing; a channel's mean cost is a's time over its 16
+    assert table.layer_ms("a", 8, 15) == table.layer_ms("a", 8, 16)
+    np.testing.assert_allclose(scores[0], rms / (2.0 * flat / 16 / total), rtol=1e-6)
 
 
 def test_latency_target_prunes_the_expensive_layer_first_and_is_reached():
@@ -256,7 +273,7 @@ def fake_ms(model, batch_size, runtime, threads=None, repeats=20):
     return 0.2 + 0.001 * sum(int(np.prod(layer.kernel.shape)) for layer in dense)
 
 
-def fake_compare(models, batch_size, runtime, threads=None, repeats=20):
+def fake_compare(models, batch_size, runtime, threads=None, repeats=20, min_sample_ms=None):
     return [fake_ms(model, batch_size, runtime) for model in models]
 
 
