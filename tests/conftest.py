@@ -48,3 +48,22 @@ def randomize(model, seed=0, scale=0.3):
             w.assign(rng.uniform(0.5, 2.0, size=w.shape).astype("float32"))
         else:
             w.assign(rng.normal(scale=scale, size=w.shape).astype("float32"))
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """`(call, order)`: `call(name, seconds)` is a timed call that records `name` in
+    `order` and advances `keras_gss.latency`'s clock by `seconds`, and only it."""
+    from keras_gss import latency
+
+    clock, order = [0.0], []
+
+    def call(name, seconds):
+        def run(x):
+            order.append(name)
+            clock[0] += seconds
+
+        return run
+
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+    return call, order

@@ -176,19 +176,9 @@ def test_latency_budget_compares_accuracy_at_equal_measured_latency():
     assert "| flops |" not in table
 
 
-def test_paired_ms_times_the_two_calls_alternately(monkeypatch):
-
+def test_paired_ms_times_the_two_calls_alternately(fake_clock):
     inference_speed = benchmark("inference_speed")
-    clock, order = [0.0], []
-
-    def call(name, seconds):
-        def run(x):
-            order.append(name)
-            clock[0] += seconds
-
-        return run
-
-    monkeypatch.setattr(inference_speed.latency.time, "perf_counter", lambda: clock[0])
+    call, order = fake_clock
     a_ms, b_ms = inference_speed.paired_ms(call("a", 0.001), call("b", 0.003), None, repeats=5)
     assert (a_ms, b_ms) == (pytest.approx(1.0), pytest.approx(3.0))
     assert order == ["a", "b"] * 7  # two untimed rounds, then five timed

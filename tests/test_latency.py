@@ -369,17 +369,8 @@ def test_compare_ms_times_the_models_in_turn(monkeypatch):
     assert latency.time_ms(models[1], 4, "keras", repeats=3) >= 0 and order == ["b"] * 5
 
 
-def test_a_fast_call_is_repeated_within_each_timed_sample(monkeypatch):
-    clock, order = [0.0], []
-
-    def call(name, seconds):
-        def run(x):
-            order.append(name)
-            clock[0] += seconds
-
-        return run
-
-    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+def test_a_fast_call_is_repeated_within_each_timed_sample(fake_clock):
+    call, order = fake_clock
     calls = [call("a", 0.0005), call("b", 0.0015)]
     times = latency._round_times(calls, None, repeats=3, min_sample_s=0.002)
     # the fastest call (0.5 ms) needs 4 calls for a 2 ms sample; b is called as often
