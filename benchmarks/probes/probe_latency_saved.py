@@ -47,12 +47,18 @@ from keras_gss import graph, latency, pruning  # noqa: E402
 MEAN = pruning.latency_saved  # the library's saving, taken before the probe swaps it
 
 
+def _priced(infos, dead, table):
+    """`(cost, widths, total)`: the table's cost function, the live widths and the
+    predicted latency they sum to (what every charge below divides by)."""
+    cost, offset = table.cost(infos)
+    widths = table.widths(infos, dead)
+    return cost, widths, max(offset + sum(cost(k, *w) for k, w in enumerate(widths)), 1e-30)
+
+
 def own_saved(infos, dead, table) -> list[np.ndarray]:
     """The saving the library used before: the share of the predicted latency that
     one output channel fewer saves in the unit's own layers only."""
-    cost, offset = table.cost(infos)
-    widths = table.widths(infos, dead)
-    total = max(offset + sum(cost(k, *w) for k, w in enumerate(widths)), 1e-30)
+    cost, widths, total = _priced(infos, dead, table)
     out = []
     for k, (info, (cin, cout)) in enumerate(zip(infos, widths)):
         saved = cost(k, cin, cout) - cost(k, cin, max(cout - 1.0, 0.0))
@@ -64,9 +70,7 @@ def total_saved(infos, dead, table) -> list[np.ndarray]:
     """The table's exact saving: the own output slice (`own_saved`) plus, spread over
     the unit's member groups, the input slice of every layer that reads the unit."""
     out = own_saved(infos, dead, table)
-    cost, offset = table.cost(infos)
-    widths = table.widths(infos, dead)
-    total = max(offset + sum(cost(k, *w) for k, w in enumerate(widths)), 1e-30)
+    cost, widths, total = _priced(infos, dead, table)
     read: dict[int, float] = {}  # root -> ms its readers save
     for k, (info, (cin, cout)) in enumerate(zip(infos, widths)):
         live = np.array([], np.int64) if info.inputs is None else info.inputs[~dead[info.inputs]]
@@ -88,8 +92,9 @@ def total_saved(infos, dead, table) -> list[np.ndarray]:
 SAVINGS = {"own": own_saved, "total": total_saved, "mean": MEAN}
 
 
-def widths(model) -> list[int]:
-    kept = [layer for layer in gss.compact(model).layers if hasattr(layer, "filters")
+def widths(small) -> list[int]:
+    """The output widths of a compact model's convolutions and dense layers."""
+    kept = [layer for layer in small.layers if hasattr(layer, "filters")
             or hasattr(layer, "units")]  # fmt: skip
     return [int(getattr(layer, "filters", None) or layer.units) for layer in kept]
 
@@ -137,14 +142,17 @@ def main(argv=None) -> int:
                               round_to=8, latency_table=table)  # fmt: skip
                 finally:
                     pruning.latency_saved = MEAN
-                kept = widths(model)
+                # compacted once: the fine-tune below holds the masks, so the widths,
+                # parameters and timing of this copy are the fine-tuned model's
+                small = gss.compact(model)
+                kept = widths(small)
                 predicted = table.predict(model) / table.dense_ms
-                smalls.append(gss.compact(model))
+                smalls.append(small)
                 model.fit(x, y, batch_size=128, epochs=1, verbose=0)
                 rows.append({"net": net, "seed": args.seed, "batch": args.batch, "budget": 1 / k,
                              "saving": name, "predicted_ratio": predicted,
                              "accuracy": accuracy(model, xt, yt),
-                             "params": gss.compact(model).count_params(),
+                             "params": small.count_params(),
                              "widths": kept})  # fmt: skip
                 r = rows[-1]
                 print(f"  {net} 1/{k} {name}: predicted {predicted:.3f}, accuracy "
