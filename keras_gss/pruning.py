@@ -122,7 +122,7 @@ def unit_scores(
     if ranking == "rms":
         return rms
     if ranking == "latency":
-        return rms / np.maximum(units.gather(latency_saved(infos, dead, latency_table)), 1e-30)
+        return rms / np.maximum(units.gather(latency_charge(infos, dead, latency_table)), 1e-30)
     total_w = sum(info.weights for info in infos)
     total_f = sum(info.dense_flops for info in infos) or 1.0
     total_a = sum(info.groups * info.activations for info in infos) or 1.0
@@ -146,7 +146,7 @@ def unit_scores(
     return rms / np.maximum(cost, 1e-30)
 
 
-def latency_saved(infos: list[graph.LayerInfo], dead, latency_table) -> list[np.ndarray]:
+def latency_charge(infos: list[graph.LayerInfo], dead, latency_table) -> list[np.ndarray]:
     """Per layer and group: the share of the predicted latency that one live output
     channel of the layer costs on average at its current live widths (the layer's
     predicted time over its live output width), as the FLOP ranking charges a

@@ -44,7 +44,7 @@ from residual_nets import accuracy, compiled  # noqa: E402
 import keras_gss as gss  # noqa: E402
 from keras_gss import graph, latency, pruning  # noqa: E402
 
-MEAN = pruning.latency_saved  # the library's saving, taken before the probe swaps it
+MEAN = pruning.latency_charge  # the library's charge, taken before the probe swaps it
 
 
 def _priced(infos, dead, table):
@@ -136,12 +136,12 @@ def main(argv=None) -> int:
                 keras.utils.set_random_seed(args.seed)  # as latency_budget.py's latency-table
                 model = compiled(NETS[net](), args.lr / 10)
                 model.set_weights(weights)
-                pruning.latency_saved = SAVINGS[name]
+                pruning.latency_charge = SAVINGS[name]
                 try:
                     gss.prune(model, 1.0 - 1.0 / k, metric="latency", ranking="auto",
                               round_to=8, latency_table=table)  # fmt: skip
                 finally:
-                    pruning.latency_saved = MEAN
+                    pruning.latency_charge = MEAN
                 # compacted once: the fine-tune below holds the masks, so the widths,
                 # parameters and timing of this copy are the fine-tuned model's
                 small = gss.compact(model)
