@@ -114,10 +114,17 @@ class LatencyTable:
             out.append((cin * info.in_fraction(dead), cout * info.out_fraction(dead)))
         return out
 
+    def priced(self, infos: list[graph.LayerInfo], dead: np.ndarray):
+        """`(cost, widths, total)` once the coupled groups `dead` are removed: the cost
+        function of `cost`, every layer's live `(cin, cout)` and the predicted ms per
+        batch they sum to (with the offset)."""
+        cost, offset = self.cost(infos)
+        widths = self.widths(infos, dead)
+        return cost, widths, float(offset + sum(cost(k, *w) for k, w in enumerate(widths)))
+
     def predict_infos(self, infos: list[graph.LayerInfo], dead: np.ndarray) -> float:
         """Predicted ms per batch once the coupled groups `dead` are removed."""
-        cost, offset = self.cost(infos)
-        return float(offset + sum(cost(k, *w) for k, w in enumerate(self.widths(infos, dead))))
+        return self.priced(infos, dead)[2]
 
     def predict(self, model: keras.Model) -> float:
         """Predicted ms per batch of `model` with its zero groups removed (as `compact` does)."""

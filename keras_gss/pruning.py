@@ -153,9 +153,8 @@ def latency_charge(infos: list[graph.LayerInfo], dead, latency_table) -> list[np
     group its layer's FLOPs over its groups. Not the step that one channel fewer
     saves: a layer's time moves in steps (a vector unit's width), and on a flat
     step that saving is nothing, so the layer would never be pruned."""
-    cost, offset = latency_table.cost(infos)
-    widths = latency_table.widths(infos, dead)
-    total = max(offset + sum(cost(k, *w) for k, w in enumerate(widths)), 1e-30)
+    cost, widths, total = latency_table.priced(infos, dead)
+    total = max(total, 1e-30)
     return [np.full(info.groups, cost(k, cin, cout) / max(cout, 1.0) / total)
             for k, (info, (cin, cout)) in enumerate(zip(infos, widths))]  # fmt: skip
 

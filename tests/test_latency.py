@@ -63,6 +63,18 @@ def test_prediction_matches_numpy_on_a_hand_made_table():
     )
 
 
+def test_priced_gives_widths_and_total_like_numpy():
+    model, table = chain(), hand_table()
+    infos = graph.describe(model)
+    dead = np.zeros(graph.coupled_size(infos), dtype=bool)
+    dead[infos[0].coupled[10:]] = True  # a keeps 10 of 16, b all 16
+    cost, widths, total = table.priced(infos, dead)
+    assert widths == [(8, 10), (10, 16), (16, 2)]
+    assert total == pytest.approx(numpy_ms(10, 16))
+    assert total == pytest.approx(table.predict_infos(infos, dead))
+    assert cost(1, *widths[1]) == pytest.approx(2.0 * COST["b"] * 10 * 16)
+
+
 def test_latency_ranking_matches_numpy():
     model, table = chain(), hand_table()
     rng = np.random.default_rng(0)

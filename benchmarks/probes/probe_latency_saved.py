@@ -50,9 +50,8 @@ MEAN = pruning.latency_charge  # the library's charge, taken before the probe sw
 def _priced(infos, dead, table):
     """`(cost, widths, total)`: the table's cost function, the live widths and the
     predicted latency they sum to (what every charge below divides by)."""
-    cost, offset = table.cost(infos)
-    widths = table.widths(infos, dead)
-    return cost, widths, max(offset + sum(cost(k, *w) for k, w in enumerate(widths)), 1e-30)
+    cost, widths, total = table.priced(infos, dead)
+    return cost, widths, max(total, 1e-30)
 
 
 def own_saved(infos, dead, table) -> list[np.ndarray]:
