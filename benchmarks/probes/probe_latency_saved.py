@@ -89,6 +89,68 @@ def total_saved(infos, dead, table) -> list[np.ndarray]:
 
 
 SAVINGS = {"own": own_saved, "total": total_saved, "mean": MEAN}
+SCORES = pruning.unit_scores  # the library's, taken before the probe swaps it
+
+
+def _relative(units, values, alive):
+    """`values` over the median of its family's live units (as `ranking="memory"`)."""
+    out = values.copy()
+    for f in range(units.families):
+        members = units.family == f
+        live = values[members & alive]
+        out[members] = values[members] / (float(np.median(live)) if live.size else 1.0)
+    return out
+
+
+def read_squares(infos, units) -> np.ndarray:
+    """Per unit: `(sum of squares, count)` of the weights of the input slices that its
+    readers (convolutions and dense layers that are not its members) hold for it."""
+    at = {int(r): u for u, r in enumerate(units.root.tolist())}
+    sq, size = np.zeros(len(units)), np.zeros(len(units))
+    for info in infos:
+        kernel = getattr(info.layer, "kernel", None)
+        if info.inputs is None or kernel is None or set(info.inputs) <= set(info.coupled):
+            continue  # a depthwise layer's input slice is its own group
+        k = keras.ops.convert_to_numpy(kernel)
+        if k.ndim < 2 or k.shape[-2] != info.inputs.size:
+            continue
+        per_in = (k**2).reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=(0, 2))
+        for root, value in zip(info.inputs.tolist(), per_in):
+            if root in at:
+                sq[at[root]] += value
+                size[at[root]] += k.size / k.shape[-2]
+    return sq, size
+
+
+def _importance(name):
+    """A `pruning.unit_scores` whose latency ranking divides importance `name` by
+    the charge: `rms` (the library's), `relative` (rms over its family's median, as
+    the memory ranking; a BatchNorm after a convolution makes its kernel's scale
+    arbitrary, so rms is not comparable across layers), `group` (relative, with the
+    readers' input slices counted in the unit's rms), `gnorm` (the L2 norm of all
+    the unit's weights, readers' input slices included, as Torch-Pruning's group
+    importance: a residual stream's channel, written by several layers and read by
+    several, weighs more than a channel of one layer)."""
+
+    def unit_scores(infos, units, norms, dead, ranking, latency_table=None):
+        if ranking != "latency" or name == "rms":
+            return SCORES(infos, units, norms, dead, ranking, latency_table)
+        sq = units.gather([n**2 for n in norms])
+        size = units.gather([np.full(i.groups, float(i.group_size)) for i in infos])
+        read_sq, read_size = read_squares(infos, units)
+        if name == "group":
+            sq, size = sq + read_sq, size + read_size
+        if name == "gnorm":
+            sq, size = sq + read_sq, np.ones_like(size)
+        alive = units.gather(list(norms)) > 0
+        rms = np.sqrt(sq / size) if name == "gnorm" else _relative(units, np.sqrt(sq / size), alive)
+        charge = units.gather(pruning.latency_charge(infos, dead, latency_table))
+        return rms / np.maximum(charge, 1e-30)
+
+    return unit_scores
+
+
+IMPORTANCES = ("rms", "relative", "group", "gnorm")
 
 
 def widths(small) -> list[int]:
@@ -105,6 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4], help="1/k of dense")
     p.add_argument("--savings", nargs="+", choices=list(SAVINGS), default=list(SAVINGS))
+    p.add_argument("--importances", nargs="+", choices=IMPORTANCES, default=["rms"],
+                   help="what the charge divides (rms: the library's)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=3, help="dense training epochs")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cache", default="benchmarks/.cache/latency_budget",
@@ -130,17 +194,18 @@ def main(argv=None) -> int:
         table = latency.profile(dense, args.batch, "litert", path=path, verbose=0)
         for k in args.budgets:
             smalls = []
-            for name in args.savings:
+            for name, imp in [(s, i) for i in args.importances for s in args.savings]:
                 start = time.time()
                 keras.utils.set_random_seed(args.seed)  # as latency_budget.py's latency-table
                 model = compiled(NETS[net](), args.lr / 10)
                 model.set_weights(weights)
                 pruning.latency_charge = SAVINGS[name]
+                pruning.unit_scores = _importance(imp)
                 try:
                     gss.prune(model, 1.0 - 1.0 / k, metric="latency", ranking="auto",
                               round_to=8, latency_table=table)  # fmt: skip
                 finally:
-                    pruning.latency_charge = MEAN
+                    pruning.latency_charge, pruning.unit_scores = MEAN, SCORES
                 # compacted once: the fine-tune below holds the masks, so the widths,
                 # parameters and timing of this copy are the fine-tuned model's
                 small = gss.compact(model)
@@ -149,23 +214,25 @@ def main(argv=None) -> int:
                 smalls.append(small)
                 model.fit(x, y, batch_size=128, epochs=1, verbose=0)
                 rows.append({"net": net, "seed": args.seed, "batch": args.batch, "budget": 1 / k,
-                             "saving": name, "predicted_ratio": predicted,
+                             "saving": name, "importance": imp, "predicted_ratio": predicted,
                              "accuracy": accuracy(model, xt, yt),
                              "params": small.count_params(),
                              "widths": kept})  # fmt: skip
                 r = rows[-1]
-                print(f"  {net} 1/{k} {name}: predicted {predicted:.3f}, accuracy "
+                print(f"  {net} 1/{k} {name} {imp}: predicted {predicted:.3f}, accuracy "
                       f"{100 * r['accuracy']:.2f} %, widths {kept} ({time.time() - start:.0f} s)",
                       flush=True)  # fmt: skip
             times = latency.compare_ms([dense, *smalls], args.batch, "litert")
             for r, ms in zip(rows[-len(smalls) :], times[1:]):
                 r["measured_ratio"] = ms / times[0]
-                print(f"  {net} 1/{k} {r['saving']}: measured {ms / times[0]:.3f} of the dense "
-                      f"{times[0]:.2f} ms", flush=True)  # fmt: skip
-    lines = ["| net | budget | saving | predicted / dense | measured / dense | accuracy % | "
-             "params | widths |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                print(f"  {net} 1/{k} {r['saving']} {r['importance']}: measured "
+                      f"{ms / times[0]:.3f} of the dense {times[0]:.2f} ms",
+                      flush=True)  # fmt: skip
+    lines = ["| net | budget | saving | importance | predicted / dense | measured / dense | "
+             "accuracy % | params | widths |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['net']} | 1/{round(1 / r['budget'])} | {r['saving']} | "
+                     f"{r['importance']} | "
                      f"{r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | "
                      f"{100 * r['accuracy']:.2f} | {r['params']} | "
                      f"{' '.join(map(str, r['widths']))} |")  # fmt: skip
