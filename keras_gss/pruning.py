@@ -18,8 +18,9 @@ lowest score up:
   (a LeNet's first convolution holds 3 % of the FLOPs but two thirds of the
   activations). Comparing norms within each layer keeps a layer of large weights
   (a first convolution with one input channel) from being spared whole.
-- `"latency"`: rms divided by the fraction of the predicted latency that one
-  live output channel of the group's layer costs on average at its current live
+- `"latency"`: rms relative to the median rms of the family's live groups (as
+  `"memory"`), divided by the fraction of the predicted latency that one live
+  output channel of the group's layer costs on average at its current live
   widths (a `keras_gss.latency.LatencyTable` is needed): importance per
   millisecond.
 - `"auto"`: `"rms"` for weight targets, `"hybrid"` for FLOP targets (what the
@@ -122,7 +123,8 @@ def unit_scores(
     if ranking == "rms":
         return rms
     if ranking == "latency":
-        return rms / np.maximum(units.gather(latency_charge(infos, dead, latency_table)), 1e-30)
+        charge = units.gather(latency_charge(infos, dead, latency_table))
+        return relative_rms(units, rms, norm) / np.maximum(charge, 1e-30)
     total_w = sum(info.weights for info in infos)
     total_f = sum(info.dense_flops for info in infos) or 1.0
     total_a = sum(info.groups * info.activations for info in infos) or 1.0
@@ -138,12 +140,22 @@ def unit_scores(
             cost += info.activations / total_a
         costs.append(np.full(info.groups, cost))
     cost = units.gather(costs)
-    if ranking == "memory":  # rms relative to the median of its family's live units
-        for f in range(units.families):
-            members = units.family == f
-            alive = rms[members & (norm > 0)]
-            rms[members] = rms[members] / (float(np.median(alive)) if alive.size else 1.0)
+    if ranking == "memory":
+        rms = relative_rms(units, rms, norm)
     return rms / np.maximum(cost, 1e-30)
+
+
+def relative_rms(units: graph.Units, rms: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """Each unit's rms over the median rms of its family's live units (`norm > 0`).
+    A BatchNormalization after a convolution makes the scale of its kernel arbitrary,
+    and a wide fan-in makes initial weights small, so plain rms is not comparable
+    across layers."""
+    out = rms.copy()
+    for f in range(units.families):
+        members = units.family == f
+        alive = rms[members & (norm > 0)]
+        out[members] = rms[members] / (float(np.median(alive)) if alive.size else 1.0)
+    return out
 
 
 def latency_charge(infos: list[graph.LayerInfo], dead, latency_table) -> list[np.ndarray]:

@@ -87,10 +87,24 @@ def test_latency_ranking_matches_numpy():
     total = numpy_ms(16, 16)
     # a channel's mean cost: a's time over its 16 outputs, scale*COST_a*8*16/16, b's
     # scale*COST_b*16 (on these bilinear costs also what one channel fewer saves)
+    # importance: a channel's rms over the median rms of its layer's channels
     for k, (name, saved) in enumerate([("a", 2.0 * COST["a"] * 8), ("b", 2.0 * COST["b"] * 16)]):
         kernel = model.get_layer(name).kernel.numpy()
         rms = np.linalg.norm(kernel, axis=0) / np.sqrt(kernel.shape[0])
-        np.testing.assert_allclose(scores[k], rms / (saved / total), rtol=1e-6)
+        np.testing.assert_allclose(scores[k], rms / np.median(rms) / (saved / total), rtol=1e-6)
+
+
+def test_latency_ranking_ignores_the_scale_of_a_layers_kernel():
+    # a BatchNormalization after a layer undoes its kernel's scale: the ranking must too
+    model, table = chain(), hand_table()
+    infos = graph.describe(model)
+    none = np.zeros(graph.coupled_size(infos), dtype=bool)
+    before = pruning.group_scores(infos, pruning.measure(infos, 0.0)[1], none, "latency", table)
+    a = model.get_layer("a")
+    a.kernel.assign(a.kernel.numpy() * 10.0)
+    after = pruning.group_scores(infos, pruning.measure(infos, 0.0)[1], none, "latency", table)
+    for x, y in zip(before, after):
+        np.testing.assert_allclose(x, y, rtol=1e-5)
 
 
 def test_a_layer_flat_in_its_output_width_is_charged_its_mean_channel_cost():
@@ -106,7 +120,8 @@ def test_a_layer_flat_in_its_output_width_is_charged_its_mean_channel_cost():
     rms = np.linalg.norm(kernel, axis=0) / np.sqrt(kernel.shape[0])
     # one channel fewer saves nothing; a channel's mean cost is a's time over its 16
     assert table.layer_ms("a", 8, 15) == table.layer_ms("a", 8, 16)
-    np.testing.assert_allclose(scores[0], rms / (2.0 * flat / 16 / total), rtol=1e-6)
+    np.testing.assert_allclose(scores[0], rms / np.median(rms) / (2.0 * flat / 16 / total),
+                               rtol=1e-6)  # fmt: skip
 
 
 def test_latency_target_prunes_the_expensive_layer_first_and_is_reached():

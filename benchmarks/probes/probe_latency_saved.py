@@ -92,16 +92,6 @@ SAVINGS = {"own": own_saved, "total": total_saved, "mean": MEAN}
 SCORES = pruning.unit_scores  # the library's, taken before the probe swaps it
 
 
-def _relative(units, values, alive):
-    """`values` over the median of its family's live units (as `ranking="memory"`)."""
-    out = values.copy()
-    for f in range(units.families):
-        members = units.family == f
-        live = values[members & alive]
-        out[members] = values[members] / (float(np.median(live)) if live.size else 1.0)
-    return out
-
-
 def read_squares(infos, units) -> np.ndarray:
     """Per unit: `(sum of squares, count)` of the weights of the input slices that its
     readers (convolutions and dense layers that are not its members) hold for it."""
@@ -124,16 +114,16 @@ def read_squares(infos, units) -> np.ndarray:
 
 def _importance(name):
     """A `pruning.unit_scores` whose latency ranking divides importance `name` by
-    the charge: `rms` (the library's), `relative` (rms over its family's median, as
-    the memory ranking; a BatchNorm after a convolution makes its kernel's scale
-    arbitrary, so rms is not comparable across layers), `group` (relative, with the
+    the charge: `rms` (what the library used), `relative` (rms over its family's
+    median, as the memory ranking; the library's now: a BatchNorm after a
+    convolution makes its kernel's scale arbitrary), `group` (relative, with the
     readers' input slices counted in the unit's rms), `gnorm` (the L2 norm of all
     the unit's weights, readers' input slices included, as Torch-Pruning's group
     importance: a residual stream's channel, written by several layers and read by
     several, weighs more than a channel of one layer)."""
 
     def unit_scores(infos, units, norms, dead, ranking, latency_table=None):
-        if ranking != "latency" or name == "rms":
+        if ranking != "latency" or name == "relative":
             return SCORES(infos, units, norms, dead, ranking, latency_table)
         sq = units.gather([n**2 for n in norms])
         size = units.gather([np.full(i.groups, float(i.group_size)) for i in infos])
@@ -143,7 +133,9 @@ def _importance(name):
         if name == "gnorm":
             sq, size = sq + read_sq, np.ones_like(size)
         alive = units.gather(list(norms)) > 0
-        rms = np.sqrt(sq / size) if name == "gnorm" else _relative(units, np.sqrt(sq / size), alive)
+        rms = np.sqrt(sq / size)
+        if name == "group":
+            rms = pruning.relative_rms(units, rms, alive.astype(float))
         charge = units.gather(pruning.latency_charge(infos, dead, latency_table))
         return rms / np.maximum(charge, 1e-30)
 
