@@ -13,6 +13,10 @@ over a share of the predicted latency. Three such shares:
 - `mean`: the layer's predicted time over its live output channels, the mean
   cost of one (as the FLOP ranking charges FLOPs; what the library uses now).
 
+`--importances` swaps what the charge divides instead: `rms` (what the library
+used), `relative` (rms over its family's median: the library's now), `group`,
+`gnorm` (with the readers' input slices; see `_importance`).
+
 Each net is pruned one-shot from the dense weights that `latency_budget.py`
 cached (or trains them) to 1/2, 1/3 and 1/4 of the table's predicted latency
 with each saving (its `latency-table` method), fine-tuned one epoch as there,
