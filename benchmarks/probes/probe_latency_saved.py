@@ -96,7 +96,7 @@ SAVINGS = {"own": own_saved, "total": total_saved, "mean": MEAN}
 SCORES = pruning.unit_scores  # the library's, taken before the probe swaps it
 
 
-def read_squares(infos, units) -> np.ndarray:
+def read_squares(infos, units) -> tuple[np.ndarray, np.ndarray]:
     """Per unit: `(sum of squares, count)` of the weights of the input slices that its
     readers (convolutions and dense layers that are not its members) hold for it."""
     at = {int(r): u for u, r in enumerate(units.root.tolist())}
@@ -129,17 +129,17 @@ def _importance(name):
     def unit_scores(infos, units, norms, dead, ranking, latency_table=None):
         if ranking != "latency" or name == "relative":
             return SCORES(infos, units, norms, dead, ranking, latency_table)
-        sq = units.gather([n**2 for n in norms])
-        size = units.gather([np.full(i.groups, float(i.group_size)) for i in infos])
-        read_sq, read_size = read_squares(infos, units)
-        if name == "group":
-            sq, size = sq + read_sq, size + read_size
-        if name == "gnorm":
-            sq, size = sq + read_sq, np.ones_like(size)
-        alive = units.gather(list(norms)) > 0
-        rms = np.sqrt(sq / size)
-        if name == "group":
-            rms = pruning.relative_rms(units, rms, alive.astype(float))
+        if name == "rms":
+            rms = SCORES(infos, units, norms, dead, "rms")
+        else:  # readers' input slices counted too
+            read_sq, read_size = read_squares(infos, units)
+            sq = units.gather([n**2 for n in norms]) + read_sq
+            if name == "gnorm":
+                rms = np.sqrt(sq)
+            else:
+                size = units.gather([np.full(i.groups, float(i.group_size)) for i in infos])
+                rms = pruning.relative_rms(units, np.sqrt(sq / (size + read_size)),
+                                           units.gather(list(norms)))  # fmt: skip
         charge = units.gather(pruning.latency_charge(infos, dead, latency_table))
         return rms / np.maximum(charge, 1e-30)
 
@@ -163,8 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4], help="1/k of dense")
     p.add_argument("--savings", nargs="+", choices=list(SAVINGS), default=list(SAVINGS))
-    p.add_argument("--importances", nargs="+", choices=IMPORTANCES, default=["rms"],
-                   help="what the charge divides (rms: the library's)")  # fmt: skip
+    p.add_argument("--importances", nargs="+", choices=IMPORTANCES, default=["relative"],
+                   help="what the charge divides (relative: the library's)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=3, help="dense training epochs")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cache", default="benchmarks/.cache/latency_budget",
