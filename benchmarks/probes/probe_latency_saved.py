@@ -15,7 +15,8 @@ over a share of the predicted latency. Three such shares:
 
 `--importances` swaps what the charge divides instead: `rms` (what the library
 used), `relative` (rms over its family's median: the library's now), `group`,
-`gnorm` (with the readers' input slices; see `_importance`).
+`gnorm` (with the readers' input slices), `touch`, `touchsum` (every layer that
+writes or reads a unit votes, scale-free; see `_importance`).
 
 Each net is pruned one-shot from the dense weights that `latency_budget.py`
 cached (or trains them) to 1/2, 1/3 and 1/4 of the table's predicted latency
@@ -116,6 +117,34 @@ def read_squares(infos, units) -> tuple[np.ndarray, np.ndarray]:
     return sq, size
 
 
+def _relative(rms: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """`rms` over the median of its live entries (1 where none is live)."""
+    return rms / (float(np.median(rms[live])) if live.any() else 1.0)
+
+
+def touch_votes(infos, units, norms) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit: `(sum, count)` of the votes of every layer that touches it. A layer
+    votes with the rms of its slice for the unit (a writer's output slice, a
+    reader's input slice) over the median of its live slices, so that no layer's
+    scale (a BatchNorm after it, its fan-in) weighs in."""
+    at = {int(r): u for u, r in enumerate(units.root.tolist())}
+    votes = [_relative(n / np.sqrt(float(i.group_size)), n > 0) for i, n in zip(infos, norms)]
+    total, count = units.gather(votes), units.gather([np.ones(i.groups) for i in infos])
+    for info in infos:
+        kernel = getattr(info.layer, "kernel", None)
+        if info.inputs is None or kernel is None or set(info.inputs) <= set(info.coupled):
+            continue  # a depthwise layer's input slice is its own group
+        k = keras.ops.convert_to_numpy(kernel)
+        if k.ndim < 2 or k.shape[-2] != info.inputs.size:
+            continue
+        rms = np.sqrt((k**2).reshape(-1, k.shape[-2], k.shape[-1]).mean(axis=(0, 2)))
+        for root, value in zip(info.inputs.tolist(), _relative(rms, rms > 0)):
+            if root in at:
+                total[at[root]] += value
+                count[at[root]] += 1
+    return total, count
+
+
 def _importance(name):
     """A `pruning.unit_scores` whose latency ranking divides importance `name` by
     the charge: `rms` (what the library used), `relative` (rms over its family's
@@ -124,13 +153,19 @@ def _importance(name):
     readers' input slices counted in the unit's rms), `gnorm` (the L2 norm of all
     the unit's weights, readers' input slices included, as Torch-Pruning's group
     importance: a residual stream's channel, written by several layers and read by
-    several, weighs more than a channel of one layer)."""
+    several, weighs more than a channel of one layer), `touch` (the mean vote of
+    every layer that writes or reads the unit, each its slice's rms over its
+    layer's median: `touch_votes`), `touchsum` (their sum: a channel that more
+    layers touch weighs more, as in `gnorm`, without the layers' scales)."""
 
     def unit_scores(infos, units, norms, dead, ranking, latency_table=None):
         if ranking != "latency" or name == "relative":
             return SCORES(infos, units, norms, dead, ranking, latency_table)
         if name == "rms":
             rms = SCORES(infos, units, norms, dead, "rms")
+        elif name in ("touch", "touchsum"):
+            total, count = touch_votes(infos, units, norms)
+            rms = total / np.maximum(count, 1) if name == "touch" else total
         else:  # readers' input slices counted too
             read_sq, read_size = read_squares(infos, units)
             sq = units.gather([n**2 for n in norms]) + read_sq
@@ -146,7 +181,7 @@ def _importance(name):
     return unit_scores
 
 
-IMPORTANCES = ("rms", "relative", "group", "gnorm")
+IMPORTANCES = ("rms", "relative", "group", "gnorm", "touch", "touchsum")
 
 
 def widths(small) -> list[int]:
