@@ -282,6 +282,12 @@ class Producer(Handler):
         value = np.zeros(n) if bias is None else _numpy(bias).astype("float64")
         return [_activation(layer, np.where(dead, value, np.nan))]
 
+    def input_squares(self, layer) -> np.ndarray:
+        """Per input channel: the mean square of the kernel weights that read it."""
+        kernel = np.moveaxis(_numpy(getattr(layer, self._spec(layer).weight)), self.in_axis, 0)
+        repeat = int(getattr(layer, self.in_repeat)) if self.in_repeat else 1
+        return (kernel.reshape(kernel.shape[0] // repeat, -1).astype("float64") ** 2).mean(axis=1)
+
     def folds(self, layer) -> bool:
         """Whether a constant input channel is the same constant at every kernel tap."""
         if isinstance(layer, L.Dense):

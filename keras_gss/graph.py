@@ -65,6 +65,18 @@ class LayerInfo:
         """Share of its input channels live when the coupled groups `dead` are removed."""
         return 1.0 if self.inputs is None else float(np.mean(~dead[self.inputs]))
 
+    def input_squares(self) -> np.ndarray | None:
+        """Per input channel (aligned with `inputs`): the mean square of the kernel
+        weights that read it, at their current values; None where it reads no
+        traced channels."""
+        calls = [] if self.dependency is None else self.dependency.calls_of(self.layer)
+        if self.inputs is None or not calls:
+            return None
+        if not isinstance(calls[0].handler, dependency.Producer):
+            return None
+        squares = calls[0].handler.input_squares(self.layer)
+        return squares if squares.size == self.inputs.size else None
+
 
 def check_layers(layers) -> tuple | None:
     """`layers` as a tuple of layer names or layer objects (None stays None)."""

@@ -124,7 +124,7 @@ def unit_scores(
         return rms
     if ranking == "latency":
         charge = units.gather(latency_charge(infos, dead, latency_table))
-        return relative_rms(units, rms, norm) / np.maximum(charge, 1e-30)
+        return layer_votes(infos, units, norms, dead) / np.maximum(charge, 1e-30)
     total_w = sum(info.weights for info in infos)
     total_f = sum(info.dense_flops for info in infos) or 1.0
     total_a = sum(info.groups * info.activations for info in infos) or 1.0
@@ -156,6 +156,33 @@ def relative_rms(units: graph.Units, rms: np.ndarray, norm: np.ndarray) -> np.nd
         alive = rms[members & (norm > 0)]
         out[members] = rms[members] / (float(np.median(alive)) if alive.size else 1.0)
     return out
+
+
+def _over_median(rms: np.ndarray, live: np.ndarray) -> np.ndarray:
+    return rms / (float(np.median(rms[live])) if live.any() else 1.0)
+
+
+def layer_votes(infos: list[graph.LayerInfo], units: graph.Units, norms: list[np.ndarray],
+                dead) -> np.ndarray:  # fmt: skip
+    """Per unit: the mean vote of every layer that writes it (its output slice) or
+    reads it (its input slice: a residual stream's channel is read by several).
+    A layer votes with its slice's rms over the median of its live slices, so that
+    no layer's scale (a BatchNormalization after it, its fan-in) weighs in."""
+    votes = [_over_median(n / np.sqrt(float(i.group_size)), n > 0) for i, n in zip(infos, norms)]
+    total, count = units.gather(votes), units.gather([np.ones(i.groups) for i in infos])
+    at = {int(root): u for u, root in enumerate(units.root.tolist())}
+    for info in infos:
+        squares = info.input_squares()
+        if squares is None:
+            continue
+        roots, index = np.unique(info.inputs, return_inverse=True)
+        rms = np.sqrt(np.bincount(index, squares) / np.bincount(index))
+        own = set(info.coupled.tolist())
+        for root, vote in zip(roots.tolist(), _over_median(rms, (rms > 0) & ~dead[roots])):
+            if root in at and root not in own:
+                total[at[root]] += vote
+                count[at[root]] += 1
+    return total / count
 
 
 def latency_charge(infos: list[graph.LayerInfo], dead, latency_table) -> list[np.ndarray]:

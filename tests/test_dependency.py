@@ -251,6 +251,29 @@ def test_flops_count_both_halves_of_a_separable_convolution():
     assert info.input_flops == 2 * 3 * 3 * 4 * 2 * positions
 
 
+def test_input_squares_are_each_input_channels_mean_square_weight():
+    x = keras.Input((9, 9, 4))
+    h = L.Conv2D(6, 3, name="conv")(x)
+    h = L.SeparableConv2D(5, 3, depth_multiplier=2, name="sep")(h)
+    h = L.Conv2DTranspose(3, 3, name="up")(h)
+    model = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(h)))
+    randomize(model)
+    by = {info.layer.name: info for info in graph.describe(model)}
+    conv = model.get_layer("conv").kernel.numpy()  # (3, 3, in 4, out 6)
+    pointwise = model.get_layer("sep").pointwise_kernel.numpy()  # rows: input c, c's 2 taps
+    up = model.get_layer("up").kernel.numpy()  # transposed: (3, 3, out 3, in 5)
+    dense = model.get_layer("out").kernel.numpy()  # one row per flattened position
+    expected = {
+        "conv": (conv**2).mean(axis=(0, 1, 3)),
+        "sep": (pointwise.reshape(1, 1, 6, 2, 5) ** 2).mean(axis=(0, 1, 3, 4)),
+        "up": (up**2).mean(axis=(0, 1, 2)),
+        "out": (dense**2).mean(axis=1),
+    }
+    for name, squares in expected.items():
+        assert by[name].inputs.size == squares.size, name
+        np.testing.assert_allclose(by[name].input_squares(), squares, rtol=1e-6, err_msg=name)
+
+
 def test_register_handler_lets_a_custom_layer_pass_channels():
     class Scale(L.Layer):
         def call(self, t):
