@@ -124,7 +124,8 @@ def unit_scores(
         return rms
     if ranking == "latency":
         charge = units.gather(latency_charge(infos, dead, latency_table))
-        return layer_votes(infos, units, norms, dead) / np.maximum(charge, 1e-30)
+        votes, count = layer_votes(infos, units, norms, dead)
+        return votes / count / np.maximum(charge, 1e-30)
     total_w = sum(info.weights for info in infos)
     total_f = sum(info.dense_flops for info in infos) or 1.0
     total_a = sum(info.groups * info.activations for info in infos) or 1.0
@@ -163,11 +164,12 @@ def _over_median(rms: np.ndarray, live: np.ndarray) -> np.ndarray:
 
 
 def layer_votes(infos: list[graph.LayerInfo], units: graph.Units, norms: list[np.ndarray],
-                dead) -> np.ndarray:  # fmt: skip
-    """Per unit: the mean vote of every layer that writes it (its output slice) or
-    reads it (its input slice: a residual stream's channel is read by several).
-    A layer votes with its slice's rms over the median of its live slices, so that
-    no layer's scale (a BatchNormalization after it, its fan-in) weighs in."""
+                dead) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per unit: the sum and the number of the votes of every layer that writes it
+    (its output slice) or reads it (its input slice: a residual stream's channel
+    is read by several). A layer votes with its slice's rms over the median of its
+    live slices, so that no layer's scale (a BatchNormalization after it, its
+    fan-in) weighs in. The latency ranking takes the mean vote."""
     votes = [_over_median(n / np.sqrt(float(i.group_size)), n > 0) for i, n in zip(infos, norms)]
     total, count = units.gather(votes), units.gather([np.ones(i.groups) for i in infos])
     at = {int(root): u for u, root in enumerate(units.root.tolist())}
@@ -182,7 +184,7 @@ def layer_votes(infos: list[graph.LayerInfo], units: graph.Units, norms: list[np
             if root in at and root not in own:
                 total[at[root]] += vote
                 count[at[root]] += 1
-    return total / count
+    return total, count
 
 
 def latency_charge(infos: list[graph.LayerInfo], dead, latency_table) -> list[np.ndarray]:

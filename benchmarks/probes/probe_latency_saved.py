@@ -1,6 +1,6 @@
 """Probe: which latency saving should the latency ranking divide importance by?
 
-`ranking="latency"` scores a unit (a coupled group of channels) by its rms weight
+`ranking="latency"` scores a unit (a coupled group of channels) by its importance
 over a share of the predicted latency. Three such shares:
 
 - `own`: what one output channel fewer saves in the unit's own layers (what the
@@ -14,9 +14,9 @@ over a share of the predicted latency. Three such shares:
   cost of one (as the FLOP ranking charges FLOPs; what the library uses now).
 
 `--importances` swaps what the charge divides instead: `rms` (what the library
-used), `relative` (rms over its family's median: the library's now), `group`,
-`gnorm` (with the readers' input slices), `touch`, `touchsum` (every layer that
-writes or reads a unit votes, scale-free; see `_importance`).
+used), `relative` (rms over its family's median), `group`, `gnorm` (with the
+readers' input slices), `touch` (every layer that writes or reads a unit votes,
+scale-free: the library's now), `touchsum` (see `_importance`).
 
 Each net is pruned one-shot from the dense weights that `latency_budget.py`
 cached (or trains them) to 1/2, 1/3 and 1/4 of the table's predicted latency
@@ -99,73 +99,46 @@ SCORES = pruning.unit_scores  # the library's, taken before the probe swaps it
 
 def read_squares(infos, units) -> tuple[np.ndarray, np.ndarray]:
     """Per unit: `(sum of squares, count)` of the weights of the input slices that its
-    readers (convolutions and dense layers that are not its members) hold for it."""
+    readers (layers that are not its members) hold for it."""
     at = {int(r): u for u, r in enumerate(units.root.tolist())}
     sq, size = np.zeros(len(units)), np.zeros(len(units))
     for info in infos:
-        kernel = getattr(info.layer, "kernel", None)
-        if info.inputs is None or kernel is None or set(info.inputs) <= set(info.coupled):
-            continue  # a depthwise layer's input slice is its own group
-        k = keras.ops.convert_to_numpy(kernel)
-        if k.ndim < 2 or k.shape[-2] != info.inputs.size:
+        squares = info.input_squares()  # mean square per input channel
+        if squares is None:
             continue
-        per_in = (k**2).reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=(0, 2))
-        for root, value in zip(info.inputs.tolist(), per_in):
-            if root in at:
-                sq[at[root]] += value
-                size[at[root]] += k.size / k.shape[-2]
+        per_in = info.weights / squares.size  # weights that read one input channel
+        own = set(info.coupled.tolist())
+        for root, value in zip(info.inputs.tolist(), squares):
+            if root in at and root not in own:
+                sq[at[root]] += value * per_in
+                size[at[root]] += per_in
     return sq, size
-
-
-def _relative(rms: np.ndarray, live: np.ndarray) -> np.ndarray:
-    """`rms` over the median of its live entries (1 where none is live)."""
-    return rms / (float(np.median(rms[live])) if live.any() else 1.0)
-
-
-def touch_votes(infos, units, norms) -> tuple[np.ndarray, np.ndarray]:
-    """Per unit: `(sum, count)` of the votes of every layer that touches it. A layer
-    votes with the rms of its slice for the unit (a writer's output slice, a
-    reader's input slice) over the median of its live slices, so that no layer's
-    scale (a BatchNorm after it, its fan-in) weighs in."""
-    at = {int(r): u for u, r in enumerate(units.root.tolist())}
-    votes = [_relative(n / np.sqrt(float(i.group_size)), n > 0) for i, n in zip(infos, norms)]
-    total, count = units.gather(votes), units.gather([np.ones(i.groups) for i in infos])
-    for info in infos:
-        kernel = getattr(info.layer, "kernel", None)
-        if info.inputs is None or kernel is None or set(info.inputs) <= set(info.coupled):
-            continue  # a depthwise layer's input slice is its own group
-        k = keras.ops.convert_to_numpy(kernel)
-        if k.ndim < 2 or k.shape[-2] != info.inputs.size:
-            continue
-        rms = np.sqrt((k**2).reshape(-1, k.shape[-2], k.shape[-1]).mean(axis=(0, 2)))
-        for root, value in zip(info.inputs.tolist(), _relative(rms, rms > 0)):
-            if root in at:
-                total[at[root]] += value
-                count[at[root]] += 1
-    return total, count
 
 
 def _importance(name):
     """A `pruning.unit_scores` whose latency ranking divides importance `name` by
     the charge: `rms` (what the library used), `relative` (rms over its family's
-    median, as the memory ranking; the library's now: a BatchNorm after a
+    median, as the memory ranking; what the library used next: a BatchNorm after a
     convolution makes its kernel's scale arbitrary), `group` (relative, with the
     readers' input slices counted in the unit's rms), `gnorm` (the L2 norm of all
     the unit's weights, readers' input slices included, as Torch-Pruning's group
     importance: a residual stream's channel, written by several layers and read by
     several, weighs more than a channel of one layer), `touch` (the mean vote of
     every layer that writes or reads the unit, each its slice's rms over its
-    layer's median: `touch_votes`), `touchsum` (their sum: a channel that more
-    layers touch weighs more, as in `gnorm`, without the layers' scales)."""
+    layer's median: `pruning.layer_votes`, the library's now), `touchsum` (their
+    sum: a channel that more layers touch weighs more, as in `gnorm`, without the
+    layers' scales)."""
 
     def unit_scores(infos, units, norms, dead, ranking, latency_table=None):
-        if ranking != "latency" or name == "relative":
+        if ranking != "latency" or name == "touch":
             return SCORES(infos, units, norms, dead, ranking, latency_table)
         if name == "rms":
             rms = SCORES(infos, units, norms, dead, "rms")
-        elif name in ("touch", "touchsum"):
-            total, count = touch_votes(infos, units, norms)
-            rms = total / np.maximum(count, 1) if name == "touch" else total
+        elif name == "relative":
+            norm = np.sqrt(units.gather([n**2 for n in norms]))
+            rms = pruning.relative_rms(units, SCORES(infos, units, norms, dead, "rms"), norm)
+        elif name == "touchsum":
+            rms = pruning.layer_votes(infos, units, norms, dead)[0]
         else:  # readers' input slices counted too
             read_sq, read_size = read_squares(infos, units)
             sq = units.gather([n**2 for n in norms]) + read_sq
@@ -198,8 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4], help="1/k of dense")
     p.add_argument("--savings", nargs="+", choices=list(SAVINGS), default=list(SAVINGS))
-    p.add_argument("--importances", nargs="+", choices=IMPORTANCES, default=["relative"],
-                   help="what the charge divides (relative: the library's)")  # fmt: skip
+    p.add_argument("--importances", nargs="+", choices=IMPORTANCES, default=["touch"],
+                   help="what the charge divides (touch: the library's)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=3, help="dense training epochs")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cache", default="benchmarks/.cache/latency_budget",
