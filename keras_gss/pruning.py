@@ -18,8 +18,9 @@ lowest score up:
   (a LeNet's first convolution holds 3 % of the FLOPs but two thirds of the
   activations). Comparing norms within each layer keeps a layer of large weights
   (a first convolution with one input channel) from being spared whole.
-- `"latency"`: rms relative to the median rms of the family's live groups (as
-  `"memory"`), divided by the fraction of the predicted latency that one live
+- `"latency"`: the mean vote of every layer that writes the group's channel or
+  reads it (`layer_votes`: each its slice's rms over the median of its live
+  slices), divided by the fraction of the predicted latency that one live
   output channel of the group's layer costs on average at its current live
   widths (a `keras_gss.latency.LatencyTable` is needed): importance per
   millisecond.
