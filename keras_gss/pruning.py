@@ -155,8 +155,7 @@ def relative_rms(units: graph.Units, rms: np.ndarray, norm: np.ndarray) -> np.nd
     out = rms.copy()
     for f in range(units.families):
         members = units.family == f
-        alive = rms[members & (norm > 0)]
-        out[members] = rms[members] / (float(np.median(alive)) if alive.size else 1.0)
+        out[members] = _over_median(rms[members], norm[members] > 0)
     return out
 
 

@@ -130,7 +130,7 @@ def test_latency_ranking_counts_every_layer_that_writes_or_reads_a_residual_stre
     c1 = (rms("c1", -1) + rms("c2", -2)) / 2
     flat = np.sqrt((model.get_layer("out").kernel.numpy().reshape(4, 4, 5, 2) ** 2).mean((0, 1, 3)))
     c3 = (rms("c3", -1) + flat / np.median(flat)) / 2
-    at = {name: infos[[i.layer.name for i in infos].index(name)] for name in ("stem", "c1", "c3")}
+    at = {info.layer.name: info for info in infos}
     index = {int(r): u for u, r in enumerate(units.root.tolist())}
     for name, expected, voters in [("stem", stream, 4), ("c1", c1, 2), ("c3", c3, 2)]:
         units_of = [index[int(r)] for r in at[name].coupled]
