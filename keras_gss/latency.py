@@ -46,7 +46,10 @@ from keras_gss._validate import int_at_least, non_negative
 RUNTIMES = ("litert", "keras")
 LADDER = (0.125, 0.25, 0.5, 0.75, 1.0)
 CALIBRATION = (0.75, 0.5, 0.375, 0.25)  # widths of the whole models timed for the fit
-MIN_SAMPLE_MS = 0.0  # a timed sample repeats a faster call until it lasts this long
+# A timed sample repeats a faster call back to back until it lasts this long: at
+# batch 1 single calls of 0.05-0.2 ms timed in turn with other models measured two
+# identical models 45 % apart in one pairing (benchmarks/probes/probe_identical_copies.py)
+MIN_SAMPLE_MS = 5.0
 
 
 @dataclasses.dataclass
@@ -68,6 +71,7 @@ class LatencyTable:
     layers: dict
     full: dict
     calibration: dict  # {"sum": [S dense, S half, ...], "ms": [dense ms, half ms, ...]}
+    min_sample_ms: float = 0.0  # how it was timed (`compare_ms`); 0 in tables saved before
 
     # -- lookups -----------------------------------------------------------
 
@@ -150,7 +154,7 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, data: dict) -> LatencyTable:
         names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
+        if not isinstance(data, dict) or set(data) not in (names, names - {"min_sample_ms"}):
             raise ValueError(f"Not a keras-gss latency table: expected the keys {sorted(names)}.")
         return cls(**data)
 
@@ -298,8 +302,8 @@ def compare_ms(models: list, batch_size: int, runtime: str = "keras",
     A call faster than `min_sample_ms` is repeated back to back within each timed
     sample (every model the same number of times) and the sample's mean taken, so
     that a sub-millisecond call is not timed against the clock's and the
-    scheduler's own jitter (None: `latency.MIN_SAMPLE_MS`, which `profile` and
-    `prune_to_budget` use)."""
+    scheduler's own jitter, nor against the model timed just before it (None:
+    `latency.MIN_SAMPLE_MS`, 5 ms, the default of `profile`)."""
     if runtime == "litert" and len(models[0].inputs) > 1:
         raise ValueError(
             f"runtime='litert' times models with one input; model '{models[0].name}' has "
@@ -402,7 +406,8 @@ def prune_to_budget(
     if not 0 < tolerance < 1:
         raise ValueError(f"Invalid value for argument `tolerance`: {tolerance!r}. Expected (0, 1).")
     max_rounds = int_at_least("max_rounds", max_rounds, 1)
-    dense = time_ms(model, table.batch_size, table.runtime, table.threads, repeats)
+    dense = time_ms(model, table.batch_size, table.runtime, table.threads, repeats,
+                    table.min_sample_ms)  # fmt: skip
     goal = budget_ms if budget_ms is not None else dense / speedup
     if not (math.isfinite(goal) and 0 < goal < dense):
         raise ValueError(
@@ -422,7 +427,7 @@ def prune_to_budget(
             # timed in turn with the model as given (its export reused): the
             # ratio, in units of the dense latency measured first
             pair = compare_ms([model, small], table.batch_size, table.runtime, table.threads,
-                              repeats)  # fmt: skip
+                              repeats, table.min_sample_ms)  # fmt: skip
             ms = dense * pair[1] / pair[0]
             rounds.append({"target": target, "ms": ms, "predicted": predicted})
             if abs(ms / goal - 1.0) <= tolerance:
@@ -529,6 +534,7 @@ def profile(
     repeats: int = 20,
     path: str | os.PathLike | None = None,
     verbose: int = 1,
+    min_sample_ms: float | None = None,
 ) -> LatencyTable:
     """Time every prunable layer of `model` at a ladder of widths: a `LatencyTable`.
 
@@ -542,8 +548,12 @@ def profile(
             rounded up to multiples of `round_to` (default 8).
         repeats: timed calls per entry, the median kept (default 20).
         path: a JSON file: loaded instead of profiling when it holds a table of
-            this model for the same batch, runtime and threads; written otherwise.
+            this model for the same batch, runtime, threads and `min_sample_ms`;
+            written otherwise.
         verbose: 1 shows a progress bar.
+        min_sample_ms: each timed sample repeats a faster call back to back until
+            it lasts this long (`compare_ms`; default None: `MIN_SAMPLE_MS`, 5 ms).
+            `prune_to_budget` times its rounds the way the table was timed.
 
     Layers of the same configuration and input shape are timed once. Input widths
     are laddered only for layers that read pruned channels.
@@ -554,6 +564,8 @@ def profile(
     repeats = int_at_least("repeats", repeats, 1)
     if threads is not None:
         threads = int_at_least("threads", threads, 1)
+    sample = MIN_SAMPLE_MS if min_sample_ms is None else min_sample_ms
+    sample = non_negative("min_sample_ms", sample)
     fractions = sorted({float(f) for f in ladder})
     if not fractions or not all(0 < f <= 1 for f in fractions):
         raise ValueError(
@@ -568,7 +580,8 @@ def profile(
     plan = _plan(infos, batch_size, fractions, round_to)
     if path is not None and Path(path).exists():
         cached = LatencyTable.load(path)
-        same = (cached.batch_size, cached.runtime, cached.threads) == (batch_size, runtime, threads)
+        how = (cached.batch_size, cached.runtime, cached.threads, cached.min_sample_ms)
+        same = how == (batch_size, runtime, threads, sample)
         if same and set(plan["keys"]) <= set(cached.entries) and cached.layers == plan["layers"]:
             return cached
     todo = [(key, a, b) for key, e in plan["entries"].items() for a in e["in"] for b in e["out"]
@@ -579,7 +592,7 @@ def profile(
         entry = plan["entries"][key]
         cin, cout = (b, b) if entry["multiplier"] else (a, b)
         ms[(key, a, b)] = time_ms(_variant(entry["call"], batch_size, cin, cout),
-                                  batch_size, runtime, threads, repeats)  # fmt: skip
+                                  batch_size, runtime, threads, repeats, sample)  # fmt: skip
         if bar:
             bar.add(1)
     entries = {}
@@ -589,7 +602,7 @@ def profile(
         entries[key] = {"in": e["in"] if len(rows) > 1 else [], "out": e["out"], "ms": grid,
                         "multiplier": e["multiplier"]}  # fmt: skip
     table = LatencyTable(batch_size, runtime, threads, 0.0, entries, plan["layers"],
-                         plan["full"], {"sum": [1.0, 1.0], "ms": [1.0, 1.0]})  # fmt: skip
+                         plan["full"], {"sum": [1.0, 1.0], "ms": [1.0, 1.0]}, sample)  # fmt: skip
     models, sums = [model], [_sum(table, infos, np.zeros(graph.coupled_size(infos), bool))]
     for fraction in CALIBRATION:
         small, dead = _narrowed(model, infos, round_to, fraction)
@@ -599,7 +612,7 @@ def profile(
     if bar:
         bar.add(1)  # the narrowed models built
     # timed in turn, so that drift during the profile does not bend the fit
-    times = compare_ms(models, batch_size, runtime, threads, repeats)
+    times = compare_ms(models, batch_size, runtime, threads, repeats, sample)
     if bar:
         bar.add(1)
     table.dense_ms = times[0]

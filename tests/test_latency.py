@@ -226,6 +226,8 @@ def test_profile_round_trip_cache_and_prediction(tmp_path, monkeypatch):
 
     monkeypatch.setattr(latency, "compare_ms", no_timing)
     assert latency.profile(model, batch_size=64, runtime="keras", path=path, verbose=0) == table
+    with pytest.raises(AssertionError, match="timed again"):  # timed otherwise: not reused
+        latency.profile(model, 64, "keras", path=path, verbose=0, min_sample_ms=0.0)
     monkeypatch.undo()
     gss.prune(model, 0.5, metric="latency", latency_table=table, round_to=8)
     predicted = table.predict(model)
@@ -374,6 +376,36 @@ def test_prune_to_budget_corrects_the_table_with_measurements(monkeypatch):
         latency.prune_to_budget(chain(), table, budget_ms=1e9)
 
 
+def test_a_table_records_how_it_was_timed_and_prune_to_budget_times_alike(tmp_path, monkeypatch):
+    samples = []
+
+    def recording(models, batch_size, runtime, threads=None, repeats=20, min_sample_ms=None):
+        samples.append(min_sample_ms)
+        return fake_compare(models, batch_size, runtime)
+
+    monkeypatch.setattr(latency, "compare_ms", recording)
+    table = latency.profile(chain(), 1, "keras", repeats=2, verbose=0, min_sample_ms=0.5)
+    assert table.min_sample_ms == 0.5 and set(samples) == {0.5}
+    assert latency.profile(chain(), 1, "keras", repeats=2, verbose=0).min_sample_ms == (
+        latency.MIN_SAMPLE_MS
+    )
+    samples.clear()
+    model = chain()
+    rng = np.random.default_rng(0)
+    for layer in model.layers[1:]:
+        layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    latency.prune_to_budget(model, table, speedup=1.6)
+    assert samples and set(samples) == {0.5}  # the dense model and every round
+    # a table saved before tables recorded it loads, as timed one call per sample
+    old = table.to_dict()
+    del old["min_sample_ms"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    assert latency.LatencyTable.load(path).min_sample_ms == 0.0
+    with pytest.raises(ValueError, match="min_sample_ms"):
+        latency.profile(chain(), 1, "keras", verbose=0, min_sample_ms=-1.0)
+
+
 def test_prune_to_budget_warns_when_the_budget_is_out_of_reach(monkeypatch):
     monkeypatch.setattr(latency, "compare_ms", fake_compare)
     model, table = chain(), hand_table()
@@ -430,12 +462,19 @@ def test_compare_ms_times_the_models_in_turn(monkeypatch):
     monkeypatch.setattr(latency, "_keras_call", recording_call)
     models = [keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)], name=n)
               for n in ("a", "b", "c")]  # fmt: skip
-    ms = latency.compare_ms(models, batch_size=4, runtime="keras", repeats=5)
+    ms = latency.compare_ms(models, batch_size=4, runtime="keras", repeats=5, min_sample_ms=0)
     assert len(ms) == 3 and all(m >= 0 for m in ms)
     # two warm-up rounds, then five timed rounds, each calling a, b, c in turn
     assert order == ["a", "b", "c"] * 7
     order.clear()
-    assert latency.time_ms(models[1], 4, "keras", repeats=3) >= 0 and order == ["b"] * 5
+    assert latency.time_ms(models[1], 4, "keras", repeats=3, min_sample_ms=0) >= 0
+    assert order == ["b"] * 5
+    order.clear()
+    # by default (MIN_SAMPLE_MS) an instant call is repeated back to back within
+    # each timed sample: at most 1,000 times, a then b then c
+    latency.compare_ms(models, batch_size=4, runtime="keras", repeats=2)
+    assert latency.MIN_SAMPLE_MS > 0
+    assert order == ["a", "b", "c"] * 2 + (["a"] * 1000 + ["b"] * 1000 + ["c"] * 1000) * 2
 
 
 def test_a_fast_call_is_repeated_within_each_timed_sample(fake_clock):
