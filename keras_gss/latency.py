@@ -381,9 +381,10 @@ def prune_to_budget(
     `prune(..., metric="latency")`, times the compact model through the table's
     runtime at its batch size, and corrects the target (rescaled by `budget /
     measured`, then by the secant through the two nearest rounds) until the
-    measurement is within `tolerance` of the budget (or `max_rounds`). The round
-    nearest the budget without exceeding it by more than `tolerance` (else the
-    fastest) is applied, with masks.
+    measurement is within `tolerance` of the budget, `max_rounds` are done, or a
+    round would compact to widths already measured (every layer it may prune at
+    its floor). The round nearest the budget without exceeding it by more than
+    `tolerance` (else the fastest) is applied, with masks.
 
     Args:
         model: the model to prune (in place).
@@ -416,7 +417,7 @@ def prune_to_budget(
         )
     saved = model.get_weights()
     prune_kwargs = {"ranking": "auto", **prune_kwargs, "metric": "latency", "latency_table": table}
-    target, rounds = 1.0 - goal / dense, []
+    target, rounds, shapes = 1.0 - goal / dense, [], []
     try:
         for _ in range(max_rounds):
             with warnings.catch_warnings():
@@ -424,6 +425,10 @@ def prune_to_budget(
                 prune(model, target, freeze=False, **prune_kwargs)
             small, predicted = compact(model), table.predict(model)
             model.set_weights(saved)
+            shape = [tuple(w.shape) for w in small.weights]
+            if shape in shapes:
+                break  # the same widths as a round measured: the floors, or no step left
+            shapes.append(shape)
             # timed in turn with the model as given (its export reused): the
             # ratio, in units of the dense latency measured first
             pair = compare_ms([model, small], table.batch_size, table.runtime, table.threads,

@@ -414,6 +414,27 @@ def test_prune_to_budget_warns_when_the_budget_is_out_of_reach(monkeypatch):
     assert result.ms > 0.15 * 1.1 and len(result.rounds) <= 3
 
 
+def test_prune_to_budget_stops_when_a_round_repeats_the_widths(monkeypatch):
+    timed = []
+
+    def counting(models, *args, **kwargs):
+        timed.append([m.count_params() for m in models])
+        return fake_compare(models, *args, **kwargs)
+
+    monkeypatch.setattr(latency, "compare_ms", counting)
+    model, table = chain(), hand_table()
+    rng = np.random.default_rng(0)
+    for layer in model.layers[1:]:
+        layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    # with round_to=8 the first round already leaves a and b at their floor of 8
+    # channels: a stronger target compacts to the same widths, so no round follows
+    # (before: five rounds of the same model, timed five times)
+    with pytest.warns(UserWarning, match="not reached"):
+        result = latency.prune_to_budget(model, table, budget_ms=0.15, round_to=8)
+    assert len(result.rounds) == 1 and len(timed) == 2  # the dense model, one round
+    assert [w.shape[-1] for w in gss.compact(model).weights[::2]] == [8, 8, 2]
+
+
 def test_monotone_lowers_a_spike_to_the_wider_timing():
     # rows: input widths, columns: output widths; 9.0 is a spike (the wider 4.0, 5.0
     # say the layer is cheaper there), 1.5 a timing below a narrower one (2.0)
