@@ -46,9 +46,9 @@ from keras_gss._validate import int_at_least, non_negative
 RUNTIMES = ("litert", "keras")
 LADDER = (0.125, 0.25, 0.5, 0.75, 1.0)
 CALIBRATION = (0.75, 0.5, 0.375, 0.25)  # widths of the whole models timed for the fit
-# A timed sample repeats a faster call back to back until it lasts this long: at
-# batch 1 single calls of 0.05-0.2 ms timed in turn with other models measured two
-# identical models 45 % apart in one pairing (benchmarks/probes/probe_identical_copies.py)
+# A timed sample repeats a faster call back to back until it lasts this long: timed
+# one call per sample in turn with other models, two compact models of the same widths
+# measured up to 58 % apart (benchmarks/probes/probe_identical_copies.py), 1-3 % so
 MIN_SAMPLE_MS = 5.0
 
 
