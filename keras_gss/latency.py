@@ -310,9 +310,7 @@ def compare_ms(models: list, batch_size: int, runtime: str = "keras",
             f"{len(models[0].inputs)} (a cross-attention layer is timed alone with its "
             "query and value). Use runtime='keras'."
         )
-    if min_sample_ms is None:
-        min_sample_ms = MIN_SAMPLE_MS
-    min_sample_ms = non_negative("min_sample_ms", min_sample_ms)
+    min_sample_ms = _min_sample(min_sample_ms)
     calls = [(_litert_call if runtime == "litert" else _keras_call)(m, threads) for m in models]
     rng = np.random.default_rng(0)
     xs = [rng.random((batch_size, *t.shape[1:]), "float32") for t in models[0].inputs]
@@ -322,6 +320,11 @@ def compare_ms(models: list, batch_size: int, runtime: str = "keras",
     base = np.maximum(times[:, 0], 1e-9)
     return [first] + [first * float(np.median(times[:, k] / base))
                       for k in range(1, len(calls))]  # fmt: skip
+
+
+def _min_sample(min_sample_ms: float | None) -> float:
+    """`min_sample_ms` checked, None read as `MIN_SAMPLE_MS`."""
+    return non_negative("min_sample_ms", MIN_SAMPLE_MS if min_sample_ms is None else min_sample_ms)
 
 
 def _round_times(calls: list, x, repeats: int, min_sample_s: float = 0.0) -> np.ndarray:
@@ -569,8 +572,7 @@ def profile(
     repeats = int_at_least("repeats", repeats, 1)
     if threads is not None:
         threads = int_at_least("threads", threads, 1)
-    sample = MIN_SAMPLE_MS if min_sample_ms is None else min_sample_ms
-    sample = non_negative("min_sample_ms", sample)
+    sample = _min_sample(min_sample_ms)
     fractions = sorted({float(f) for f in ladder})
     if not fractions or not all(0 < f <= 1 for f in fractions):
         raise ValueError(
