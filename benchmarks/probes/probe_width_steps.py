@@ -1,0 +1,100 @@
+"""Probe: how does a convolution's LiteRT latency move with its width, 8 channels at a time?
+
+The budget benchmark prunes with `round_to=8`. On LeNet at batch 32 its rounds
+measured conv2 at 40 filters slower than at 48, and at 24 slower than at 32,
+where the latency table (timed at a ladder of widths, linear between them)
+predicted each step cheaper than the last. This probe builds LeNet with conv2 at
+every multiple of 8 up to 128 (conv1 at 64; or conv1 at every multiple of 8 up to
+64, conv2 at 128), times them in turn with the dense net in 5 ms samples,
+`--pairings` times, and prints each width's median latency over the dense one's
+next to the table's prediction. Untrained weights: the timing depends on the widths.
+
+    python benchmarks/probes/probe_width_steps.py --batches 1 32 \\
+        --out benchmarks/results/width_steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _meta  # noqa: E402
+
+import keras_gss as gss  # noqa: E402
+from keras_gss import graph, latency  # noqa: E402
+
+FULL = (64, 128)
+
+
+def predicted(table: latency.LatencyTable, dense: keras.Model, filters: tuple) -> float:
+    """The table's ms for LeNet with these conv widths (the dense layers whole)."""
+    infos = graph.describe(dense)
+    cost, offset = table.cost(infos)
+    cin = [None, filters[0], 49 * filters[1], None, None]  # conv1, conv2, dense x3
+    cout = [filters[0], filters[1], None, None, None]
+    total = offset
+    for k, info in enumerate(infos):
+        full_in, full_out = table.full[info.layer.name]
+        total += cost(k, full_in if cin[k] is None else cin[k],
+                      full_out if cout[k] is None else cout[k])  # fmt: skip
+    return float(total)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[32])
+    p.add_argument("--layers", nargs="+", choices=["conv1", "conv2"], default=["conv2", "conv1"])
+    p.add_argument("--step", type=int, default=8)
+    p.add_argument("--pairings", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", default=None, help="write results.json and table.md here")
+    args = p.parse_args(argv)
+    rows = []
+    for batch in args.batches:
+        keras.utils.set_random_seed(0)
+        dense = gss.models.lenet()
+        with tempfile.TemporaryDirectory() as tmp:
+            table = latency.profile(dense, batch, "litert", path=Path(tmp) / "t.json", verbose=0)
+        for layer in args.layers:
+            k = ["conv1", "conv2"].index(layer)
+            widths = list(range(args.step, FULL[k] + 1, args.step))
+            shapes = [tuple(w if j == k else FULL[j] for j in range(2)) for w in widths]
+            models = [gss.models.lenet(filters=s) for s in shapes]
+            ratios = []
+            for _ in range(args.pairings):
+                t = latency.compare_ms([dense, *models], batch, "litert", None, args.repeats)
+                ratios.append([v / t[0] for v in t[1:]])
+            med = np.median(np.array(ratios), axis=0)
+            for w, s, r, spread in zip(widths, shapes, med, np.ptp(ratios, axis=0)):
+                pred = predicted(table, dense, s) / table.dense_ms
+                rows.append({"batch": batch, "layer": layer, "width": w, "measured": float(r),
+                             "spread": float(spread), "predicted": pred})  # fmt: skip
+                print(f"b{batch} {layer}={w}: measured {r:.3f} of dense (spread {spread:.3f}), "
+                      f"table {pred:.3f}", flush=True)  # fmt: skip
+    lines = ["| batch | layer | width | measured / dense (median) | spread across pairings "
+             "| table / dense | slower than the next width up |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for i, row in enumerate(rows):
+        nxt = rows[i + 1] if i + 1 < len(rows) else None
+        same = nxt and nxt["batch"] == row["batch"] and nxt["layer"] == row["layer"]
+        slower = "yes" if same and row["measured"] > nxt["measured"] else ""
+        lines.append(f"| {row['batch']} | {row['layer']} | {row['width']} | {row['measured']:.3f} "
+                     f"| {row['spread']:.3f} | {row['predicted']:.3f} | {slower} |")  # fmt: skip
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        _meta.write(args.out, "probes/probe_width_steps.py", argv, args, rows, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
