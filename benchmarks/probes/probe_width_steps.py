@@ -7,7 +7,9 @@ predicted each step cheaper than the last. This probe builds LeNet with conv2 at
 every multiple of 8 up to 128 (conv1 at 64; or conv1 at every multiple of 8 up to
 64, conv2 at 128), times them in turn with the dense net in 5 ms samples,
 `--pairings` times, and prints each width's median latency over the dense one's
-next to the table's prediction. Untrained weights: the timing depends on the widths.
+next to the table's prediction, with `profile(steps=False)` (linear between the
+ladder's widths) and with `steps=True` (every multiple of 8 timed too). Untrained
+weights: the timing depends on the widths.
 
     python benchmarks/probes/probe_width_steps.py --batches 1 32 \\
         --out benchmarks/results/width_steps
@@ -62,8 +64,11 @@ def main(argv=None) -> int:
     for batch in args.batches:
         keras.utils.set_random_seed(0)
         dense = gss.models.lenet()
-        with tempfile.TemporaryDirectory() as tmp:
-            table = latency.profile(dense, batch, "litert", path=Path(tmp) / "t.json", verbose=0)
+        tables = {}
+        for steps in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                tables[steps] = latency.profile(dense, batch, "litert", verbose=0, steps=steps,
+                                                path=Path(tmp) / "t.json")  # fmt: skip
         for layer in args.layers:
             k = ["conv1", "conv2"].index(layer)
             widths = list(range(args.step, FULL[k] + 1, args.step))
@@ -75,20 +80,29 @@ def main(argv=None) -> int:
                 ratios.append([v / t[0] for v in t[1:]])
             med = np.median(np.array(ratios), axis=0)
             for w, s, r, spread in zip(widths, shapes, med, np.ptp(ratios, axis=0)):
-                pred = predicted(table, dense, s) / table.dense_ms
+                pred = [predicted(t, dense, s) / t.dense_ms for t in tables.values()]
                 rows.append({"batch": batch, "layer": layer, "width": w, "measured": float(r),
-                             "spread": float(spread), "predicted": pred})  # fmt: skip
-                print(f"b{batch} {layer}={w}: measured {r:.3f} of dense (spread {spread:.3f}), "
-                      f"table {pred:.3f}", flush=True)  # fmt: skip
+                             "spread": float(spread), "linear": pred[0],
+                             "steps": pred[1]})  # fmt: skip
+                print(f"b{batch} {layer}={w}: measured {r:.3f} of dense (spread "
+                      f"{spread:.3f}), table {pred[0]:.3f} linear, {pred[1]:.3f} with steps",
+                      flush=True)  # fmt: skip
     lines = ["| batch | layer | width | measured / dense (median) | spread across pairings "
-             "| table / dense | slower than the next width up |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| table / dense, linear | table / dense, with steps "
+             "| slower than the next width up |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for i, row in enumerate(rows):
         nxt = rows[i + 1] if i + 1 < len(rows) else None
         same = nxt and nxt["batch"] == row["batch"] and nxt["layer"] == row["layer"]
         slower = "yes" if same and row["measured"] > nxt["measured"] else ""
         lines.append(f"| {row['batch']} | {row['layer']} | {row['width']} | {row['measured']:.3f} "
-                     f"| {row['spread']:.3f} | {row['predicted']:.3f} | {slower} |")  # fmt: skip
+                     f"| {row['spread']:.3f} | {row['linear']:.3f} | {row['steps']:.3f} | "
+                     f"{slower} |")  # fmt: skip
+    for key in ("linear", "steps"):
+        err = [abs(row[key] / row["measured"] - 1) for row in rows]
+        near = sum(e <= 0.15 for e in err)
+        lines.append(f"\nTable {key}: within 15 % of the measured ratio at {near} of "
+                     f"{len(err)} widths, largest error {max(err):.2f}")  # fmt: skip
     text = "\n".join(lines)
     print(text)
     if args.out:
