@@ -8,10 +8,10 @@ every multiple of 8 up to 128 (conv1 at 64; or conv1 at every multiple of 8 up t
 64, conv2 at 128), times them in turn with the dense net in 5 ms samples,
 `--pairings` times, and prints each width's median latency over the dense one's
 next to the table's prediction, with `profile(steps=False)` (linear between the
-ladder's widths) and with `steps=True` (every multiple of 8 timed too). Untrained
-weights: the timing depends on the widths.
+ladder's widths) and with `steps=True` (every multiple of 8 timed too); with
+`--out`, also width_steps.png. Untrained weights: the timing depends on the widths.
 
-    python benchmarks/probes/probe_width_steps.py --batches 1 32 \\
+    python benchmarks/probes/probe_width_steps.py --batches 32 1 \\
         --out benchmarks/results/width_steps
 """
 
@@ -49,6 +49,29 @@ def predicted(table: latency.LatencyTable, dense: keras.Model, filters: tuple) -
         total += cost(k, full_in if cin[k] is None else cin[k],
                       full_out if cout[k] is None else cout[k])  # fmt: skip
     return float(total)
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    """Measured latency over the dense one against width, with both tables' lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["batch"], r["layer"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (batch, layer) in zip(axes[0], panels):
+        mine = [r for r in rows if (r["batch"], r["layer"]) == (batch, layer)]
+        w = [r["width"] for r in mine]
+        ax.plot(w, [r["measured"] for r in mine], "ko-", label="measured (median)")
+        ax.plot(w, [r["linear"] for r in mine], "--", label="table, linear")
+        ax.plot(w, [r["steps"] for r in mine], ":", label="table, with steps")
+        ax.set(title=f"LeNet {layer}, batch {batch}", xlabel=f"{layer} width",
+               ylabel="latency / dense")  # fmt: skip
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None) -> int:
@@ -107,6 +130,7 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         _meta.write(args.out, "probes/probe_width_steps.py", argv, args, rows, text)
+        figure(rows, Path(args.out) / "width_steps.png")
     return 0
 
 
