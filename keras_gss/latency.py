@@ -4,7 +4,7 @@
 output widths, through the runtime the model is deployed with (LiteRT, or the
 compiled Keras model), on this machine, and returns a `LatencyTable`. The
 predicted latency of a pruned model is `offset + scale * S`, `S` the sum of its
-layers' entries at their live widths (bilinear between ladder points), with
+layers' entries at their live widths (bilinear between ladder points, in steps), with
 `offset` and `scale` fitted (least squares) to whole models measured in the same
 run, in turn call by call: the dense model and compact copies with every prunable
 family cut to 3/4, 1/2, 3/8 and 1/4 of its width (they absorb what single layers
