@@ -4,12 +4,16 @@
 output widths, through the runtime the model is deployed with (LiteRT, or the
 compiled Keras model), on this machine, and returns a `LatencyTable`. The
 predicted latency of a pruned model is `offset + scale * S`, `S` the sum of its
-layers' entries at their live widths (bilinear between ladder points), with
+layers' entries at their live widths (bilinear between ladder points, in steps), with
 `offset` and `scale` fitted (least squares) to whole models measured in the same
 run, in turn call by call: the dense model and compact copies with every prunable
 family cut to 3/4, 1/2, 3/8 and 1/4 of its width (they absorb what single layers
 timed alone miss: element-wise ops, adds, pooling, the runtime's per-layer
-overhead). The table is JSON (`save`, `load`) and reusable;
+overhead). A layer's time moves in steps of its output width (a runtime computes
+channels in tiles: LiteRT on this project's x86 machine ran LeNet's conv2 at 40
+filters as slowly as at 64), so each laddered layer is also timed at every
+multiple of `round_to` at its full input width, and the table follows those steps
+between ladder points. The table is JSON (`save`, `load`) and reusable;
 `prune(..., metric="latency")` and `SparsityMonitor(metric="latency")` prune to it.
 
 Example:
@@ -50,6 +54,8 @@ CALIBRATION = (0.75, 0.5, 0.375, 0.25)  # widths of the whole models timed for t
 # one call per sample in turn with other models, two compact models of the same widths
 # measured up to 58 % apart (benchmarks/probes/probe_identical_copies.py), 1-3 % so
 MIN_SAMPLE_MS = 5.0
+# `profile(steps=True)` times a layer at this many widths between its ladder's ends at most
+MAX_STEPS = 64
 
 
 @dataclasses.dataclass
@@ -59,8 +65,11 @@ class LatencyTable:
     `entries[key]` holds `{"in": widths, "out": widths, "ms": grid, "multiplier": m}`
     (`grid[a][b]`: input width `in[a]`, output width `out[b]`; one row when the
     input width is fixed; a depthwise layer (m >= 1) is timed at its input width,
-    which is its output width over m); `layers[name]` lists the entry keys of its
-    calls and `full[name]` its dense `[in, out]` widths.
+    which is its output width over m); `entries[key]["steps"]`, where present,
+    `{"out": widths, "ms": ms}` at every multiple of the rounding between the
+    smallest and largest output width, timed in turn at the full input width: the
+    grid is scaled by its shape between ladder points. `layers[name]` lists the
+    entry keys of its calls and `full[name]` its dense `[in, out]` widths.
     """
 
     batch_size: int
@@ -190,10 +199,25 @@ def _interp(xs, ys, x: float) -> float:
 def _lookup(entry: dict, cin: float, cout: float) -> float:
     grid = entry["ms"]
     if entry["multiplier"]:  # depthwise: its input channels are its groups / m
-        return _interp(entry["out"], grid[0], cout / entry["multiplier"])
+        width = cout / entry["multiplier"]
+        return _interp(entry["out"], grid[0], width) * _step(entry, width)
     if len(grid) == 1:  # the input width is fixed (the model's input, pinned)
-        return _interp(entry["out"], grid[0], cout)
-    return _interp(entry["in"], [_interp(entry["out"], row, cout) for row in grid], cin)
+        return _interp(entry["out"], grid[0], cout) * _step(entry, cout)
+    row = [_interp(entry["out"], r, cout) for r in grid]
+    return _interp(entry["in"], row, cin) * _step(entry, cout)
+
+
+def _step(entry: dict, width: float) -> float:
+    """The factor that puts an entry's steps between its ladder points: the time
+    timed at `width` over the line through the times at the ladder points around
+    it (1 at a ladder point, and outside the widths timed)."""
+    steps = entry.get("steps")
+    if not steps or not steps["out"][0] <= width <= steps["out"][-1]:
+        return 1.0
+    widths, ms = steps["out"], steps["ms"]
+    ladder = [w for w in entry["out"] if widths[0] <= w <= widths[-1]]
+    line = float(np.interp(width, ladder, np.interp(ladder, widths, ms)))
+    return float(np.interp(width, widths, ms)) / line if line > 0 else 1.0
 
 
 def _ladder(full: int, fractions, round_to: int) -> list[int]:
@@ -543,6 +567,7 @@ def profile(
     path: str | os.PathLike | None = None,
     verbose: int = 1,
     min_sample_ms: float | None = None,
+    steps: bool = True,
 ) -> LatencyTable:
     """Time every prunable layer of `model` at a ladder of widths: a `LatencyTable`.
 
@@ -562,6 +587,10 @@ def profile(
         min_sample_ms: each timed sample repeats a faster call back to back until
             it lasts this long (`compare_ms`; default None: `MIN_SAMPLE_MS`, 5 ms).
             `prune_to_budget` times its rounds the way the table was timed.
+        steps: also time each layer whose output width is laddered at every
+            multiple of `round_to` in between (at its full input width, in turn;
+            at most `MAX_STEPS` widths), so that the table follows the runtime's
+            steps (default True; False: linear between ladder points).
 
     Layers of the same configuration and input shape are timed once. Input widths
     are laddered only for layers that read pruned channels.
@@ -584,16 +613,21 @@ def profile(
             f"profile needs a functional or Sequential model with prunable layers; "
             f"model '{model.name}' has none or no layer graph."
         )
-    plan = _plan(infos, batch_size, fractions, round_to)
+    plan = _plan(infos, batch_size, fractions, round_to, steps)
     if path is not None and Path(path).exists():
         cached = LatencyTable.load(path)
         how = (cached.batch_size, cached.runtime, cached.threads, cached.min_sample_ms)
         same = how == (batch_size, runtime, threads, sample)
         if same and set(plan["keys"]) <= set(cached.entries) and cached.layers == plan["layers"]:
-            return cached
+            stepped = [bool(plan["entries"][k]["steps"]) == ("steps" in cached.entries[k])
+                       for k in plan["keys"]]  # fmt: skip
+            if all(stepped):
+                return cached
     todo = [(key, a, b) for key, e in plan["entries"].items() for a in e["in"] for b in e["out"]
             if len(e["in"]) > 1 or a == e["in"][0]]  # fmt: skip
-    bar = keras.utils.Progbar(len(todo) + 2, unit_name="timing") if verbose else None
+    stepped = {key: e for key, e in plan["entries"].items() if e["steps"]}
+    total = len(todo) + sum(len(e["steps"]) for e in stepped.values()) + 2
+    bar = keras.utils.Progbar(total, unit_name="timing") if verbose else None
     ms: dict = {}
     for key, a, b in todo:
         entry = plan["entries"][key]
@@ -608,6 +642,14 @@ def profile(
         grid = _monotone(np.array([[ms[(key, a, b)] for b in e["out"]] for a in rows]))
         entries[key] = {"in": e["in"] if len(rows) > 1 else [], "out": e["out"], "ms": grid,
                         "multiplier": e["multiplier"]}  # fmt: skip
+    for key, e in stepped.items():  # timed in turn: the steps' shape, free of drift
+        cin = max(e["in"])
+        variants = [_variant(e["call"], batch_size, w if e["multiplier"] else cin, w)
+                    for w in e["steps"]]  # fmt: skip
+        times = compare_ms(variants, batch_size, runtime, threads, repeats, sample)
+        entries[key]["steps"] = {"out": e["steps"], "ms": times}
+        if bar:
+            bar.add(len(variants))
     table = LatencyTable(batch_size, runtime, threads, 0.0, entries, plan["layers"],
                          plan["full"], {"sum": [1.0, 1.0], "ms": [1.0, 1.0]}, sample)  # fmt: skip
     models, sums = [model], [_sum(table, infos, np.zeros(graph.coupled_size(infos), bool))]
@@ -674,7 +716,17 @@ def _narrowed(model: keras.Model, infos, round_to: int, fraction: float):
     return small, dead
 
 
-def _plan(infos, batch_size, fractions, round_to) -> dict:
+def _steps(ladder: list[int], step: int) -> list[int]:
+    """Every multiple of `step` between the ladder's ends, with the ladder's widths
+    (every `k`-th multiple when more than `MAX_STEPS`); [] when none lies between."""
+    lo, hi = ladder[0], ladder[-1]
+    first = step * math.ceil(lo / step)
+    k = max(1, math.ceil(((hi - first) // step + 1) / MAX_STEPS))
+    widths = sorted(set(range(first, hi + 1, step * k)) | set(ladder))
+    return widths if len(widths) > len(ladder) else []
+
+
+def _plan(infos, batch_size, fractions, round_to, steps=True) -> dict:
     entries: dict = {}
     layers: dict = {}
     full: dict = {}
@@ -695,7 +747,9 @@ def _plan(infos, batch_size, fractions, round_to) -> dict:
                 outs = _ladder(width, fractions, step) if out_free else [width]
                 ins = _ladder(cin, fractions, round_to) if in_free and not depthwise else [cin]
                 m = int(call.op.depth_multiplier) if depthwise else 0
-                entries[key] = {"call": call, "in": ins, "out": outs, "multiplier": m}
+                fine = _steps(outs, step) if steps and len(outs) > 1 else []
+                entries[key] = {"call": call, "in": ins, "out": outs, "multiplier": m,
+                                "steps": fine}  # fmt: skip
             keys.append(key)
         if not keys:
             raise ValueError(f"Layer '{info.layer.name}' is not called in the model's graph.")

@@ -29,7 +29,10 @@ lowest score up:
 
 Targets are a fraction of zero prunable kernel weights (`metric="weights"`), a
 fraction of FLOPs removed (`metric="flops"`, FLOPs left <= 1 - target) or of the
-predicted latency removed (`metric="latency"`, with a `LatencyTable`).
+predicted latency removed (`metric="latency"`, with a `LatencyTable`). Once a
+latency target is reached, the blocks last pruned come back while it stays
+reached: a layer's time moves in steps of its width, and channels cut on a flat
+step save nothing.
 """
 
 from __future__ import annotations
@@ -236,15 +239,21 @@ class _Budget:
         return info.input_flops * fin + (info.dense_flops - info.input_flops) * fin * fout
 
     def kill(self, root: int) -> None:
+        if not self.dead[root]:
+            self._move(root, -1)
+
+    def revive(self, root: int) -> None:
         if self.dead[root]:
-            return
-        self.dead[root] = True
+            self._move(root, 1)
+
+    def _move(self, root: int, sign: int) -> None:
+        self.dead[root] = sign < 0
         touched = set()
         for k in self.out_of.get(root, []):
-            self.out_live[k] -= 1
+            self.out_live[k] += sign
             touched.add(k)
         for k in self.in_of.get(root, []):
-            self.in_live[k] -= 1
+            self.in_live[k] += sign
             touched.add(k)
         for k in touched:
             new = self._cost(k)
@@ -366,7 +375,8 @@ def _target(infos, units, rows, norms, masks, dead_units, counts, target, metric
         for block in _blocks(rest[np.argsort(scores[rest], kind="stable")], step):
             candidates.append((float(scores[block].max()), f, block))
     candidates.sort(key=lambda c: c[:2])  # stable: a family's blocks keep their order
-    for _, _, block in candidates:
+    taken = []
+    for _, f, block in candidates:
         if reached():
             break
         lost: dict[int, int] = {}
@@ -381,6 +391,32 @@ def _target(infos, units, rows, norms, masks, dead_units, counts, target, metric
         zero_w += int(unit_nonzero[block].sum())
         for u in block:
             budget.kill(int(units.root[u]))
+        taken.append((f, block, lost))
+    if metric == "latency" and reached():
+        _give_back(taken, units, budget, dead_units, counts, reached)
+
+
+def _give_back(taken, units, budget, dead_units, counts, reached) -> None:
+    """Revive the blocks last pruned, each family's latest first, while the target
+    stays reached: a layer's time moves in steps (`latency.profile(steps=True)`),
+    so channels pruned on a flat step, or before a step that another layer then
+    took, save nothing and come back. A family whose latest block must stay keeps
+    its earlier blocks pruned (they go in ranking order)."""
+    stuck = set()
+    for f, block, lost in reversed(taken):
+        if f in stuck:
+            continue
+        roots = [int(units.root[u]) for u in block]
+        for root in roots:
+            budget.revive(root)
+        if reached():
+            dead_units[block] = False
+            for i, n in lost.items():
+                counts[i] += n
+        else:
+            for root in roots:
+                budget.kill(root)
+            stuck.add(f)
 
 
 def _blocks(order: np.ndarray, round_to: int) -> list[np.ndarray]:

@@ -1,6 +1,7 @@
 """Latency tables, the latency metric and ranking, checked against numpy on hand-made tables."""
 
 import json
+import math
 
 import keras
 import numpy as np
@@ -182,6 +183,41 @@ def test_latency_target_prunes_the_expensive_layer_first_and_is_reached():
     assert pruning.reached(graph.describe(model), report, "latency", table) >= 0.2
 
 
+def test_blocks_pruned_on_a_flat_step_of_a_layers_time_come_back():
+    """a's time is flat from 8 to 16 outputs, b's linear in its outputs (and blind to
+    its inputs). The ranking cuts a's 4 weakest channels first (saving nothing),
+    then b's 8 weakest; those reach the target, so a's 4 come back. Where a's time
+    is linear, a's 4 saved time and stay pruned."""
+    ladder = [4, 8, 12, 16]
+
+    def table(a_ms):
+        b = {"in": ladder, "out": ladder, "ms": [[0.25, 0.5, 0.75, 1.0]] * 4, "multiplier": 0}
+        entries = {"a": {"in": [], "out": ladder, "ms": [a_ms], "multiplier": 0}, "b": b,
+                   "out": {"in": ladder, "out": [2], "ms": [[0.0]] * 4, "multiplier": 0}}
+        full = {"a": [8, 16], "b": [16, 16], "out": [16, 2]}
+        cal = {"sum": [2.0, 1.0], "ms": [2.0, 1.0]}  # predicted ms = the sum
+        return latency.LatencyTable(1, "keras", None, 2.0, entries, {n: [n] for n in full},
+                                    full, cal)  # fmt: skip
+
+    def pruned(a_ms):
+        model = chain()
+        a, b, out = (model.get_layer(n) for n in ("a", "b", "out"))
+        ka, kb, ko = np.ones((8, 16)), np.ones((16, 16)), np.ones((16, 2))
+        ka[:, :4], kb[:4, :] = 0.01, 0.01  # a's weakest 4 channels, as written and as read
+        kb[:, :8] *= 0.1
+        ko[:8, :] = 0.1  # then b's weakest 8
+        for layer, k in ((a, ka), (b, kb), (out, ko)):
+            layer.kernel.assign(k.astype("float32"))
+        t = table(a_ms)
+        report = gss.prune(model, 0.25, metric="latency", ranking="latency", latency_table=t,
+                           round_to=4)  # fmt: skip
+        assert t.predict(model) <= 1.5 + 1e-9  # the target is reached
+        return report.rows[0].zero_groups, report.rows[1].zero_groups
+
+    assert pruned([0.5, 1.0, 1.0, 1.0]) == (0, 8)  # a flat from 8 to 16: a whole again
+    assert pruned([0.25, 0.5, 0.75, 1.0]) == (4, 4)  # a linear: its 4 saved 0.25 ms
+
+
 def test_latency_metric_errors_name_the_problem(tmp_path):
     model = chain()
     with pytest.raises(ValueError, match="needs `latency_table`"):
@@ -331,6 +367,72 @@ def test_widths_below_the_ladder_keep_the_measured_trend():
     single = {"in": [], "out": [16], "ms": [[2.0]], "multiplier": 0}
     assert latency._lookup(single, 8, 4) == pytest.approx(0.5)
     assert latency._lookup(entry, 8, 0) == 0.0
+
+
+def test_steps_between_ladder_points_scale_the_grid_like_numpy():
+    """Between ladder points the grid is scaled by the steps' time over the line
+    through the steps' times at the ladder points; checked against numpy."""
+    ladder, fine = [16, 32, 48], [16, 24, 32, 40, 48]
+    steps_ms = [1.0, 2.2, 2.0, 3.0, 3.0]  # 24 slower than 32, 40 as slow as 48
+    grid = [[0.5, 1.0, 1.5], [1.0, 2.0, 3.0]]  # input widths 8 and 16
+    entry = {"in": [8, 16], "out": ladder, "ms": grid, "multiplier": 0,
+             "steps": {"out": fine, "ms": steps_ms}}  # fmt: skip
+    at_ladder = np.interp(ladder, fine, steps_ms)
+    for cin in (8, 12, 16):
+        for w in (16, 20, 24, 28, 32, 40, 44, 48):
+            row = [np.interp(w, ladder, r) for r in grid]
+            linear = np.interp(cin, [8, 16], row)
+            factor = np.interp(w, fine, steps_ms) / np.interp(w, ladder, at_ladder)
+            assert latency._lookup(entry, cin, w) == pytest.approx(linear * factor)
+    assert latency._lookup(entry, 16, 24) == pytest.approx(2.2)  # the full input: as timed
+    assert latency._lookup(entry, 16, 40) == pytest.approx(3.0)
+    for w in (8, 60):  # outside the widths timed: the ladder alone
+        plain = {k: v for k, v in entry.items() if k != "steps"}
+        assert latency._lookup(entry, 16, w) == pytest.approx(latency._lookup(plain, 16, w))
+    depthwise = {"in": [], "out": ladder, "ms": [[1.0, 2.0, 3.0]], "multiplier": 2,
+                 "steps": {"out": fine, "ms": steps_ms}}  # fmt: skip
+    assert latency._lookup(depthwise, 0, 80) == pytest.approx(3.0)  # 80 / 2 = 40 channels
+
+
+def stair_ms(models, batch_size, runtime, threads=None, repeats=20, min_sample_ms=None):
+    """A runtime whose Dense layers cost 0.1 ms per tile of 32 output units, times
+    the input width over 16."""
+
+    def ms(model):
+        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        return sum(0.1 * math.ceil(layer.units / 32) * layer.kernel.shape[0] / 16
+                   for layer in dense)  # fmt: skip
+
+    return [ms(model) for model in models]
+
+
+def test_profile_times_every_multiple_of_round_to_and_the_table_follows_the_steps(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(latency, "compare_ms", stair_ms)
+    x = keras.Input((16,))
+    h = keras.layers.Dense(64, activation="relu", name="wide")(x)
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
+    path = tmp_path / "table.json"
+    table = latency.profile(model, 1, "keras", verbose=0, path=path)
+    (key,) = table.layers["wide"]
+    assert table.entries[key]["out"] == [8, 16, 32, 48, 64]
+    assert table.entries[key]["steps"]["out"] == list(range(8, 65, 8))
+    assert "steps" not in table.entries[table.layers["out"][0]]  # its output is not pruned
+    for w in range(8, 65, 8):  # every multiple of round_to as timed, 40 as slow as 64
+        assert table.layer_ms("wide", 16, w) == pytest.approx(0.1 * math.ceil(w / 32))
+    assert table.layer_ms("wide", 16, 36) == pytest.approx(0.15)  # linear between steps
+    linear = latency.profile(model, 1, "keras", verbose=0, steps=False)
+    assert "steps" not in linear.entries[key]
+    assert linear.layer_ms("wide", 16, 40) == pytest.approx(0.15)  # the line from 32 to 48
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(latency, "compare_ms", no_timing)
+    assert latency.profile(model, 1, "keras", verbose=0, path=path) == table
+    with pytest.raises(AssertionError, match="timed again"):  # a table without steps is not reused
+        latency.profile(model, 1, "keras", verbose=0, path=path, steps=False)
 
 
 def test_degenerate_calibration_falls_back_to_proportional():

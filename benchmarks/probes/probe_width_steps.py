@@ -7,9 +7,11 @@ predicted each step cheaper than the last. This probe builds LeNet with conv2 at
 every multiple of 8 up to 128 (conv1 at 64; or conv1 at every multiple of 8 up to
 64, conv2 at 128), times them in turn with the dense net in 5 ms samples,
 `--pairings` times, and prints each width's median latency over the dense one's
-next to the table's prediction. Untrained weights: the timing depends on the widths.
+next to the table's prediction, with `profile(steps=False)` (linear between the
+ladder's widths) and with `steps=True` (every multiple of 8 timed too); with
+`--out`, also width_steps.png. Untrained weights: the timing depends on the widths.
 
-    python benchmarks/probes/probe_width_steps.py --batches 1 32 \\
+    python benchmarks/probes/probe_width_steps.py --batches 32 1 \\
         --out benchmarks/results/width_steps
 """
 
@@ -49,6 +51,29 @@ def predicted(table: latency.LatencyTable, dense: keras.Model, filters: tuple) -
     return float(total)
 
 
+def figure(rows: list[dict], path: Path) -> None:
+    """Measured latency over the dense one against width, with both tables' lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["batch"], r["layer"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (batch, layer) in zip(axes[0], panels):
+        mine = [r for r in rows if (r["batch"], r["layer"]) == (batch, layer)]
+        w = [r["width"] for r in mine]
+        ax.plot(w, [r["measured"] for r in mine], "ko-", label="measured (median)")
+        ax.plot(w, [r["linear"] for r in mine], "--", label="table, linear")
+        ax.plot(w, [r["steps"] for r in mine], ":", label="table, with steps")
+        ax.set(title=f"LeNet {layer}, batch {batch}", xlabel=f"{layer} width",
+               ylabel="latency / dense")  # fmt: skip
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[32])
@@ -62,8 +87,11 @@ def main(argv=None) -> int:
     for batch in args.batches:
         keras.utils.set_random_seed(0)
         dense = gss.models.lenet()
-        with tempfile.TemporaryDirectory() as tmp:
-            table = latency.profile(dense, batch, "litert", path=Path(tmp) / "t.json", verbose=0)
+        tables = {}
+        for steps in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                tables[steps] = latency.profile(dense, batch, "litert", verbose=0, steps=steps,
+                                                path=Path(tmp) / "t.json")  # fmt: skip
         for layer in args.layers:
             k = ["conv1", "conv2"].index(layer)
             widths = list(range(args.step, FULL[k] + 1, args.step))
@@ -75,24 +103,34 @@ def main(argv=None) -> int:
                 ratios.append([v / t[0] for v in t[1:]])
             med = np.median(np.array(ratios), axis=0)
             for w, s, r, spread in zip(widths, shapes, med, np.ptp(ratios, axis=0)):
-                pred = predicted(table, dense, s) / table.dense_ms
+                pred = [predicted(t, dense, s) / t.dense_ms for t in tables.values()]
                 rows.append({"batch": batch, "layer": layer, "width": w, "measured": float(r),
-                             "spread": float(spread), "predicted": pred})  # fmt: skip
-                print(f"b{batch} {layer}={w}: measured {r:.3f} of dense (spread {spread:.3f}), "
-                      f"table {pred:.3f}", flush=True)  # fmt: skip
+                             "spread": float(spread), "linear": pred[0],
+                             "steps": pred[1]})  # fmt: skip
+                print(f"b{batch} {layer}={w}: measured {r:.3f} of dense (spread "
+                      f"{spread:.3f}), table {pred[0]:.3f} linear, {pred[1]:.3f} with steps",
+                      flush=True)  # fmt: skip
     lines = ["| batch | layer | width | measured / dense (median) | spread across pairings "
-             "| table / dense | slower than the next width up |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| table / dense, linear | table / dense, with steps "
+             "| slower than the next width up |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for i, row in enumerate(rows):
         nxt = rows[i + 1] if i + 1 < len(rows) else None
         same = nxt and nxt["batch"] == row["batch"] and nxt["layer"] == row["layer"]
         slower = "yes" if same and row["measured"] > nxt["measured"] else ""
         lines.append(f"| {row['batch']} | {row['layer']} | {row['width']} | {row['measured']:.3f} "
-                     f"| {row['spread']:.3f} | {row['predicted']:.3f} | {slower} |")  # fmt: skip
+                     f"| {row['spread']:.3f} | {row['linear']:.3f} | {row['steps']:.3f} | "
+                     f"{slower} |")  # fmt: skip
+    for key in ("linear", "steps"):
+        err = [abs(row[key] / row["measured"] - 1) for row in rows]
+        near = sum(e <= 0.15 for e in err)
+        lines.append(f"\nTable {key}: within 15 % of the measured ratio at {near} of "
+                     f"{len(err)} widths, largest error {max(err):.2f}")  # fmt: skip
     text = "\n".join(lines)
     print(text)
     if args.out:
         _meta.write(args.out, "probes/probe_width_steps.py", argv, args, rows, text)
+        figure(rows, Path(args.out) / "width_steps.png")
     return 0
 
 
