@@ -192,8 +192,11 @@ def test_blocks_pruned_on_a_flat_step_of_a_layers_time_come_back():
 
     def table(a_ms):
         b = {"in": ladder, "out": ladder, "ms": [[0.25, 0.5, 0.75, 1.0]] * 4, "multiplier": 0}
-        entries = {"a": {"in": [], "out": ladder, "ms": [a_ms], "multiplier": 0}, "b": b,
-                   "out": {"in": ladder, "out": [2], "ms": [[0.0]] * 4, "multiplier": 0}}
+        entries = {
+            "a": {"in": [], "out": ladder, "ms": [a_ms], "multiplier": 0},
+            "b": b,
+            "out": {"in": ladder, "out": [2], "ms": [[0.0]] * 4, "multiplier": 0},
+        }
         full = {"a": [8, 16], "b": [16, 16], "out": [16, 2]}
         cal = {"sum": [2.0, 1.0], "ms": [2.0, 1.0]}  # predicted ms = the sum
         return latency.LatencyTable(1, "keras", None, 2.0, entries, {n: [n] for n in full},
