@@ -438,6 +438,16 @@ def test_profile_times_every_multiple_of_round_to_and_the_table_follows_the_step
         latency.profile(model, 1, "keras", verbose=0, path=path, steps=False)
 
 
+def test_the_widths_timed_for_the_steps():
+    assert latency._steps([16, 32, 64, 96, 128], 8) == list(range(16, 129, 8))
+    assert latency._steps([8, 16, 24, 32, 40], 8) == []  # the ladder has them all
+    assert latency._steps([1, 2, 4], 1) == [1, 2, 3, 4]  # attention heads: one at a time
+    wide = [128, 256, 512, 768, 1024]  # 113 multiples of 8: every other one, and the ladder
+    widths = latency._steps(wide, 8)
+    assert set(wide) <= set(widths) and len(widths) <= latency.MAX_STEPS + len(wide)
+    assert set(widths) == set(range(128, 1025, 16)) | set(wide)
+
+
 def test_degenerate_calibration_falls_back_to_proportional():
     table = hand_table()
     s0 = table.calibration["sum"][0]
