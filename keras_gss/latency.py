@@ -581,7 +581,7 @@ def profile(
             rounded up to multiples of `round_to` (default 8).
         repeats: timed calls per entry, the median kept (default 20).
         path: a JSON file: loaded instead of profiling when it holds a table of
-            this model for the same batch, runtime, threads and `min_sample_ms`;
+            this model for the same batch, runtime, threads, `min_sample_ms` and `steps`;
             written otherwise.
         verbose: 1 shows a progress bar.
         min_sample_ms: each timed sample repeats a faster call back to back until
