@@ -198,13 +198,13 @@ def _interp(xs, ys, x: float) -> float:
 
 def _lookup(entry: dict, cin: float, cout: float) -> float:
     grid = entry["ms"]
-    if entry["multiplier"]:  # depthwise: its input channels are its groups / m
-        width = cout / entry["multiplier"]
-        return _interp(entry["out"], grid[0], width) * _step(entry, width)
-    if len(grid) == 1:  # the input width is fixed (the model's input, pinned)
-        return _interp(entry["out"], grid[0], cout) * _step(entry, cout)
-    row = [_interp(entry["out"], r, cout) for r in grid]
-    return _interp(entry["in"], row, cin) * _step(entry, cout)
+    # depthwise: its input channels are its groups / m
+    width = cout / entry["multiplier"] if entry["multiplier"] else cout
+    if entry["multiplier"] or len(grid) == 1:  # or the input width is fixed (pinned)
+        ms = _interp(entry["out"], grid[0], width)
+    else:
+        ms = _interp(entry["in"], [_interp(entry["out"], row, cout) for row in grid], cin)
+    return ms * _step(entry, width)
 
 
 def _step(entry: dict, width: float) -> float:
@@ -619,9 +619,8 @@ def profile(
         how = (cached.batch_size, cached.runtime, cached.threads, cached.min_sample_ms)
         same = how == (batch_size, runtime, threads, sample)
         if same and set(plan["keys"]) <= set(cached.entries) and cached.layers == plan["layers"]:
-            stepped = [bool(plan["entries"][k]["steps"]) == ("steps" in cached.entries[k])
-                       for k in plan["keys"]]  # fmt: skip
-            if all(stepped):
+            if all(bool(plan["entries"][k]["steps"]) == ("steps" in cached.entries[k])
+                   for k in plan["keys"]):  # fmt: skip
                 return cached
     todo = [(key, a, b) for key, e in plan["entries"].items() for a in e["in"] for b in e["out"]
             if len(e["in"]) > 1 or a == e["in"][0]]  # fmt: skip
